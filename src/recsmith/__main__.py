@@ -1,0 +1,3 @@
+from recsmith.cli import main
+
+main()

@@ -1,0 +1,228 @@
+"""The `recsmith` command. Thin: parses arguments, calls library functions, prints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from recsmith.errors import RecsmithError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="recsmith: ranking-model experiments for ads and recommendation.")
+chain_app = typer.Typer(no_args_is_help=True, help="Run and inspect experiment chains (E0a..E5).")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect datasets.")
+app.add_typer(chain_app, name="chain")
+app.add_typer(data_app, name="data")
+
+console = Console(stderr=False)
+SetOption = typer.Option(None, "--set", help="Override a config key: dotted.key=value (repeatable).")
+
+
+def interactive() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("RECSMITH_NO_PROGRESS")
+
+
+def setup_logging(handler: logging.Handler | None = None) -> None:
+    logger = logging.getLogger("recsmith")
+    logger.setLevel(logging.INFO)
+    for old in list(logger.handlers):
+        if getattr(old, "_recsmith_console", False):
+            logger.removeHandler(old)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler._recsmith_console = True
+    logger.addHandler(handler)
+
+
+def _overrides(items: Optional[List[str]]) -> dict:
+    from recsmith.config.loader import parse_overrides
+
+    return parse_overrides(items or [])
+
+
+def _ids(text: Optional[str]) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+# --------------------------------------------------------------------------- train
+@app.command()
+def train(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+          set_: Optional[List[str]] = SetOption,
+          run_dir: Optional[Path] = typer.Option(None, help="Run directory (default runs/NAME-TIME)."),
+          resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/ckpt_last.pt.")) -> None:
+    """Train one experiment; writes config.yaml, train.log, metrics.jsonl, checkpoints, eval.json."""
+    from recsmith.config.loader import load_experiment
+    from recsmith.train.run import train_run
+
+    cfg = load_experiment(config, _overrides(set_))
+    if run_dir is None:
+        if resume:
+            raise RecsmithError("--resume needs --run-dir (the run to continue)")
+        run_dir = Path("runs") / f"{cfg.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    if not interactive():
+        setup_logging()
+        result = train_run(cfg, run_dir, resume=resume)
+    else:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=console) as progress:
+            setup_logging(RichHandler(console=progress.console, show_path=False))
+            task = progress.add_task(cfg.name, total=cfg.runtime.max_train_steps, info="")
+            data_task = progress.add_task("data", total=None, info="", visible=False)
+
+            def on_data(done: int, total: int) -> None:
+                progress.update(data_task, completed=done, total=total, visible=True)
+
+            def on_step(step: int, record: dict) -> None:
+                progress.update(task, completed=step,
+                                info=f"loss {record['loss']:.4f} · {record['samples_per_s']:,.0f} samples/s")
+
+            result = train_run(cfg, run_dir, resume=resume, on_step=on_step, data_progress=on_data)
+    _print_result(result, run_dir)
+
+
+def _print_result(result: dict, run_dir: Path) -> None:
+    if not result:
+        return
+    key = result["primary_key"]
+    console.print(f"best {key} on valid {result['valid'].get(key, float('nan')):.6f} at step "
+                  f"{result['best_step']}; on test {result['test'].get(key, float('nan')):.6f}")
+    console.print(f"run dir: {run_dir}")
+
+
+# ------------------------------------------------------------------------ evaluate
+@app.command()
+def evaluate(run_dir: Path = typer.Argument(..., help="A run directory."),
+             split: str = typer.Option("test", help="train, valid or test."),
+             checkpoint: str = typer.Option("best", help="best or last."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Evaluate a run's checkpoint on a split and print every metric."""
+    from recsmith.train.evaluate_run import evaluate_run
+
+    metrics = evaluate_run(run_dir, split, checkpoint)
+    if as_json:
+        console.print_json(json.dumps(metrics))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{run_dir} · ckpt_{checkpoint} · {split}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.6f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- chain
+@chain_app.command("validate")
+def chain_validate(chain: Path = typer.Argument(..., help="Chain file (YAML)."),
+                   set_: Optional[List[str]] = SetOption) -> None:
+    """Check every experiment of a chain and that locked fields agree; print each diff from the base."""
+    from recsmith.config.loader import get_dotted
+    from recsmith.experiments.chain import diff_from_base, flatten, load_chain
+
+    resolved = load_chain(chain, _overrides(set_))
+    base = resolved.base.model_dump(mode="json")
+    console.print(f"[bold]chain {resolved.spec.name}[/]: {len(resolved.experiments)} experiments, all valid")
+    console.print("locked fields (identical in every experiment):")
+    for key in resolved.spec.locked_fields:
+        value = get_dotted(base, key)
+        leaves = flatten(value, f"{key}.") if isinstance(value, dict) else {key: value}
+        for leaf, leaf_value in leaves.items():
+            console.print(f"  [green]✓[/] {leaf}: {leaf_value!r}", highlight=False)
+    for exp in resolved.experiments:
+        console.print(f"\n[bold]{exp.id}[/] {exp.description}")
+        for key, before, after in diff_from_base(resolved, exp):
+            console.print(f"  {key}: {before!r} → {after!r}", highlight=False)
+
+
+@chain_app.command("run")
+def chain_run(chain: Path = typer.Argument(..., help="Chain file (YAML)."),
+              output: Optional[Path] = typer.Option(None, "--output", help="Output dir (default from the chain)."),
+              resume: bool = typer.Option(False, "--resume", help="Skip finished experiments, continue partial ones."),
+              skip: Optional[str] = typer.Option(None, "--skip", help="Comma-separated ids to skip."),
+              only: Optional[str] = typer.Option(None, "--only", help="Comma-separated ids to run alone."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Print commands and diffs; run nothing."),
+              timeout: float = typer.Option(6 * 3600, "--timeout", min=1, help="Per-experiment limit, seconds."),
+              set_: Optional[List[str]] = SetOption) -> None:
+    """Run a chain's experiments in order, then write summary.csv/json and delta_analysis.txt."""
+    from recsmith.experiments.chain import load_chain
+    from recsmith.experiments.runner import ChainRunner
+
+    resolved = load_chain(chain, _overrides(set_), output)
+    selected = resolved.select(_ids(only), _ids(skip))
+    runner = ChainRunner(resolved, console, timeout)
+    if dry_run:
+        runner.dry_run(selected, resume)
+        return
+    raise typer.Exit(runner.run(selected, resume))
+
+
+@chain_app.command("summarize")
+def chain_summarize(chain: Path = typer.Argument(..., help="Chain file (YAML)."),
+                    output: Optional[Path] = typer.Option(None, "--output", help="The chain's output dir."),
+                    set_: Optional[List[str]] = SetOption) -> None:
+    """Rebuild summary.csv/json and delta_analysis.txt from the run dirs."""
+    from recsmith.experiments.chain import load_chain
+    from recsmith.experiments.summary import build_summary, write_summary
+
+    resolved = load_chain(chain, _overrides(set_), output)
+    for path in write_summary(resolved, build_summary(resolved)):
+        console.print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------- data
+@data_app.command("prepare")
+def data_prepare(config: Path = typer.Argument(..., help="Experiment config naming the data."),
+                 set_: Optional[List[str]] = SetOption) -> None:
+    """Prepare (or find in the cache) the dataset a config uses; print its oracle AUCs."""
+    from recsmith.config.loader import load_experiment
+    from recsmith.data.sources import resolve_dataset
+
+    cfg = load_experiment(config, _overrides(set_))
+    with Progress(TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("data", total=None)
+        path = resolve_dataset(cfg.data, lambda done, total: progress.update(task, completed=done, total=total))
+    data_info(path)
+
+
+@data_app.command("info")
+def data_info(path: Path = typer.Argument(..., help="A prepared dataset directory.")) -> None:
+    """Print a dataset's fields, split sizes, label rates and (synthetic) oracle AUCs."""
+    from recsmith.data.info import describe_dataset
+
+    console.print(describe_dataset(path))
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except RecsmithError as exc:
+        for line in str(exc).splitlines() or [str(exc)]:
+            print(line if line.startswith(exc.kind) else f"{exc.kind}: {line}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and friends
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

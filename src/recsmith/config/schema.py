@@ -1,0 +1,357 @@
+"""Typed experiment config. Key names follow the seed documents (`data.batch_size`,
+`model.mtl`, `esmm.lambda_cvr_aux`, ...). Every model forbids unknown keys and is strict
+about types, so a typo or a wrong type fails on load with its dotted path."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TASK_NAMES = ("ctr", "cvr")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+# ----------------------------------------------------------------------------- data
+class SyntheticFunnelConfig(Strict):
+    """Knobs of the built-in synthetic ad funnel (see recsmith.data.synthetic)."""
+
+    rows: int = Field(400_000, ge=1_000, le=500_000_000)
+    click_rate: float = Field(0.05, gt=0.0, lt=1.0)
+    conversion_rate: float = Field(0.10, gt=0.0, lt=1.0, description="post-click rate")
+    selection_bias: float = Field(
+        1.0, ge=-5.0, le=5.0, description="how much click-driving features shift conversion"
+    )
+    task_correlation: float = Field(0.5, ge=-1.0, le=1.0)
+    ctr_signal: float = Field(1.2, gt=0.0, le=5.0, description="std of the true CTR logit")
+    cvr_signal: float = Field(1.0, gt=0.0, le=5.0, description="std of the true CVR logit")
+    valid_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+
+
+class DataConfig(Strict):
+    source: str = "synthetic"
+    path: Optional[str] = None
+    synthetic: SyntheticFunnelConfig = Field(default_factory=SyntheticFunnelConfig)
+    batch_size: int = Field(1024, ge=1, le=1_048_576)
+    eval_batch_size: int = Field(16384, ge=1, le=4_194_304)
+    seed: int = 20260127
+    neg_keep_prob_train: float = Field(1.0, gt=0.0, le=1.0)
+    train_subset: Literal["all", "clicked"] = "all"
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        from recsmith.data.sources import SOURCES
+
+        SOURCES.check(value)
+        return value
+
+    @model_validator(mode="after")
+    def _path_when_needed(self):
+        if self.source == "dir" and not self.path:
+            raise ValueError("data.path: required when data.source is 'dir'")
+        return self
+
+
+# ---------------------------------------------------------------------------- model
+class EmbeddingConfig(Strict):
+    default_embedding_dim: int = Field(8, ge=1, le=1024)
+    sparse_grad: bool = True
+
+
+class MMoEConfig(Strict):
+    num_experts: int = Field(4, ge=1, le=64)
+    gate_type: str = "linear"
+    expert_hidden_dims: list[int] = [128, 64]
+
+    @field_validator("gate_type")
+    @classmethod
+    def _known_gate(cls, value: str) -> str:
+        from recsmith.models.layers.gates import GATES
+
+        GATES.check(value)
+        return value
+
+
+class ExpertSpec(Strict):
+    """One expert of a heterogeneous PLE: an MLP or a CrossNet-v2."""
+
+    type: str
+    hidden_dims: Optional[list[int]] = None
+    num_layers: Optional[int] = Field(None, ge=1, le=16)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        from recsmith.models.layers.experts import EXPERTS
+
+        EXPERTS.check(value)
+        return value
+
+    @model_validator(mode="after")
+    def _fields_for_type(self):
+        if self.type == "mlp" and not self.hidden_dims:
+            raise ValueError("an 'mlp' expert needs hidden_dims")
+        if self.type == "crossnet_v2" and self.num_layers is None:
+            raise ValueError("a 'crossnet_v2' expert needs num_layers")
+        return self
+
+
+class HeteroExperts(Strict):
+    shared: list[ExpertSpec]
+    specific: dict[str, list[ExpertSpec]]
+
+
+class AlignerConfig(Strict):
+    """Expert output aligner: LayerNorm + learnable per-expert scale (init 1) + dropout."""
+
+    enabled: bool = False
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class PLEConfig(Strict):
+    num_levels: int = Field(1, ge=1, le=8)
+    shared_num_experts: int = Field(4, ge=1, le=64)
+    specific_num_experts: dict[str, int] = {"ctr": 1, "cvr": 1}
+    expert_hidden_dims: list[int] = [128, 64]
+    gate_type: str = "linear"
+    hetero_enabled: bool = False
+    experts: Optional[HeteroExperts] = None
+    expert_dim: int = Field(64, ge=1, le=4096, description="common output width of hetero experts")
+    expert_output_align: AlignerConfig = Field(default_factory=AlignerConfig)
+
+    @field_validator("gate_type")
+    @classmethod
+    def _known_gate(cls, value: str) -> str:
+        from recsmith.models.layers.gates import GATES
+
+        GATES.check(value)
+        return value
+
+    @model_validator(mode="after")
+    def _hetero_consistent(self):
+        if not self.hetero_enabled:
+            return self
+        if self.experts is None:
+            raise ValueError("model.ple.experts: required when model.ple.hetero_enabled is true")
+        if len(self.experts.shared) != self.shared_num_experts:
+            raise ValueError(
+                f"model.ple.shared_num_experts is {self.shared_num_experts} but "
+                f"model.ple.experts.shared lists {len(self.experts.shared)} experts"
+            )
+        for task, count in self.specific_num_experts.items():
+            listed = len(self.experts.specific.get(task, []))
+            if listed != count:
+                raise ValueError(
+                    f"model.ple.specific_num_experts.{task} is {count} but "
+                    f"model.ple.experts.specific.{task} lists {listed} experts"
+                )
+        return self
+
+
+class ModelConfig(Strict):
+    backbone: str = "deepfm"
+    deep_hidden_dims: list[int] = [256, 128]
+    fm_projection_dim: int = Field(16, ge=1, le=1024)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    mtl: str = "sharedbottom"
+    enabled_heads: list[str] = ["ctr", "cvr"]
+    tasks: list[str] = ["ctr", "cvr"]
+    tower_hidden_dims: list[int] = [64]
+    mmoe: MMoEConfig = Field(default_factory=MMoEConfig)
+    ple: PLEConfig = Field(default_factory=PLEConfig)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from recsmith.models.backbones import BACKBONES
+
+        BACKBONES.check(value)
+        return value
+
+    @field_validator("mtl")
+    @classmethod
+    def _known_structure(cls, value: str) -> str:
+        from recsmith.models.structures import STRUCTURES
+
+        STRUCTURES.check(value)
+        return value
+
+    @field_validator("enabled_heads", "tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        from recsmith.errors import did_you_mean
+
+        if not value:
+            raise ValueError("must name at least one task")
+        for name in value:
+            if name not in TASK_NAMES:
+                raise ValueError(
+                    f"unknown task '{name}' (choose from {', '.join(TASK_NAMES)})"
+                    f"{did_you_mean(name, TASK_NAMES)}"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a task twice: {value}")
+        return value
+
+    @field_validator("deep_hidden_dims", "tower_hidden_dims")
+    @classmethod
+    def _positive_dims(cls, value: list[int]) -> list[int]:
+        if any(d < 1 for d in value):
+            raise ValueError(f"every width must be ≥ 1, got {value}")
+        return value
+
+
+class ESMMConfig(Strict):
+    version: Literal["v1", "v2"] = "v2"
+    lambda_cvr_aux: Optional[float] = Field(None, ge=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _aux_weight(self):
+        if self.version == "v1" and self.lambda_cvr_aux:
+            raise ValueError(
+                "esmm.lambda_cvr_aux: ESMM v1 has no auxiliary CVR loss; use esmm.version v2"
+            )
+        if self.lambda_cvr_aux is None:
+            self.lambda_cvr_aux = 0.1 if self.version == "v2" else 0.0
+        return self
+
+
+# ------------------------------------------------------------------------ training
+class AdamHyperparams(Strict):
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    betas: list[float] = [0.9, 0.999]
+    eps: float = Field(1e-8, gt=0.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _two_betas(cls, value: list[float]) -> list[float]:
+        if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {value}")
+        return value
+
+
+class DenseOptimConfig(AdamHyperparams):
+    type: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(6e-4, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class SparseOptimConfig(AdamHyperparams):
+    type: Literal["sparse_adam"] = "sparse_adam"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+
+
+class OptimConfig(Strict):
+    type: Literal["dual_sparse_dense"] = "dual_sparse_dense"
+    dense: DenseOptimConfig = Field(default_factory=DenseOptimConfig)
+    sparse: SparseOptimConfig = Field(default_factory=SparseOptimConfig)
+
+
+class LRSchedulerConfig(Strict):
+    type: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    total_steps: Optional[int] = Field(None, ge=1)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class BestSelectionConfig(Strict):
+    primary_key: str = "auc_ctr"
+    mode: Literal["max", "min"] = "max"
+
+
+class RuntimeConfig(Strict):
+    seed: int = 20260127
+    max_train_steps: int = Field(2000, ge=1)
+    amp: Union[bool, Literal["auto"]] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_every_steps: int = Field(500, ge=1)
+    log_every_steps: int = Field(50, ge=1)
+    num_threads: Optional[int] = Field(None, ge=1, le=512)
+    best_selection: BestSelectionConfig = Field(default_factory=BestSelectionConfig)
+
+
+# ---------------------------------------------------------------------- experiment
+class ExperimentConfig(Strict):
+    """One training run. Loaded by recsmith.config.loader (which resolves `extends:`)."""
+
+    name: str = "experiment"
+    description: str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    use_esmm: bool = False
+    esmm: ESMMConfig = Field(default_factory=ESMMConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    lr_scheduler: LRSchedulerConfig = Field(default_factory=LRSchedulerConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        heads, model = set(self.model.enabled_heads), self.model
+        if set(model.tasks) != heads:
+            raise ValueError(
+                f"model.tasks {model.tasks} must name the same tasks as "
+                f"model.enabled_heads {model.enabled_heads} (every head is trained)"
+            )
+        if model.mtl == "single" and len(heads) != 1:
+            raise ValueError(f"model.mtl 'single' takes one head, got {model.enabled_heads}")
+        if model.mtl != "single" and len(heads) < 2:
+            raise ValueError(f"model.mtl '{model.mtl}' needs two heads, got {model.enabled_heads}")
+        if self.use_esmm:
+            if heads != {"ctr", "cvr"}:
+                raise ValueError("use_esmm: ESMM needs model.enabled_heads [ctr, cvr]")
+            if self.data.neg_keep_prob_train != 1.0:
+                raise ValueError(
+                    "data.neg_keep_prob_train: ESMM is trained on the entire impression space; "
+                    "negative down-sampling must be off (1.0)"
+                )
+        if self.data.train_subset == "clicked" and heads != {"cvr"}:
+            raise ValueError(
+                "data.train_subset 'clicked' is for a CVR-only model (model.enabled_heads [cvr])"
+            )
+        if model.mtl == "ple" and set(model.ple.specific_num_experts) != heads:
+            raise ValueError(
+                f"model.ple.specific_num_experts must have one entry per head {sorted(heads)}, "
+                f"got {sorted(model.ple.specific_num_experts)}"
+            )
+        if model.mtl == "ple" and model.ple.hetero_enabled:
+            if set(model.ple.experts.specific) != heads:
+                raise ValueError(
+                    f"model.ple.experts.specific must have one entry per head {sorted(heads)}"
+                )
+        self._check_schedule()
+        self._check_primary_key()
+        return self
+
+    def _check_schedule(self) -> None:
+        sched, steps = self.lr_scheduler, self.runtime.max_train_steps
+        if sched.total_steps is None:
+            sched.total_steps = steps
+        if sched.total_steps < steps:
+            raise ValueError(
+                f"lr_scheduler.total_steps ({sched.total_steps}) is shorter than "
+                f"runtime.max_train_steps ({steps})"
+            )
+        if sched.warmup_steps >= sched.total_steps:
+            raise ValueError(
+                f"lr_scheduler.warmup_steps ({sched.warmup_steps}) must be below "
+                f"lr_scheduler.total_steps ({sched.total_steps})"
+            )
+
+    def _check_primary_key(self) -> None:
+        from recsmith.errors import did_you_mean
+        from recsmith.metrics.funnel import selectable_metrics
+
+        key = self.runtime.best_selection.primary_key
+        allowed = selectable_metrics(self.model.enabled_heads, self.data.source == "synthetic")
+        if key not in allowed:
+            raise ValueError(
+                f"runtime.best_selection.primary_key: '{key}' is not a metric of this experiment "
+                f"(heads {self.model.enabled_heads}; choose from {', '.join(allowed)})"
+                f"{did_you_mean(key, allowed)}"
+            )

@@ -1,0 +1,148 @@
+"""Batches: slices of contiguous in-memory tensors. One shuffled permutation per epoch,
+one gather per batch, no per-row Python and no per-sample `__getitem__`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from recsmith.data.schema import DatasetSchema
+from recsmith.errors import DataError
+
+
+@dataclass
+class Batch:
+    sparse: torch.Tensor  # [B, F] int32 ids (per field; the embedding adds offsets)
+    dense: torch.Tensor  # [B, D] float32
+    labels: dict[str, torch.Tensor]  # name -> [B] float32
+
+    def to(self, device: torch.device) -> "Batch":
+        if device.type == "cpu":
+            return self
+        return Batch(self.sparse.to(device, non_blocking=True),
+                     self.dense.to(device, non_blocking=True),
+                     {k: v.to(device, non_blocking=True) for k, v in self.labels.items()})
+
+
+@dataclass
+class SplitData:
+    """One split of a prepared dataset, held as contiguous tensors."""
+
+    sparse: torch.Tensor  # [N, F] int32
+    dense: torch.Tensor  # [N, D] float32
+    labels: dict[str, torch.Tensor]  # [N] float32
+    columns: dict[str, np.ndarray]  # truth and grouping columns, for evaluation only
+
+    def __len__(self) -> int:
+        return self.sparse.shape[0]
+
+    def take(self, index: torch.Tensor) -> Batch:
+        return Batch(self.sparse.index_select(0, index), self.dense.index_select(0, index),
+                     {k: v.index_select(0, index) for k, v in self.labels.items()})
+
+    def slice(self, start: int, stop: int) -> Batch:
+        return Batch(self.sparse[start:stop], self.dense[start:stop],
+                     {k: v[start:stop] for k, v in self.labels.items()})
+
+    def subset(self, mask: np.ndarray) -> "SplitData":
+        index = torch.from_numpy(np.flatnonzero(mask))
+        batch = self.take(index)
+        return SplitData(batch.sparse, batch.dense, batch.labels,
+                         {k: v[mask] for k, v in self.columns.items()})
+
+
+def load_split(directory: str | Path, schema: DatasetSchema, split: str) -> SplitData:
+    """Read one split's Parquet file into contiguous tensors."""
+    path = Path(directory) / f"{split}.parquet"
+    if not path.is_file():
+        raise DataError(f"split file not found: {path}")
+    wanted = schema.sparse_names + schema.dense_names + schema.labels + schema.truth
+    try:
+        table = pq.read_table(path, columns=wanted)
+    except Exception as exc:  # pyarrow raises several types for missing columns / bad files
+        raise DataError(f"{path}: cannot read the columns the schema names ({exc})") from None
+
+    def column(name: str, dtype) -> np.ndarray:
+        return table.column(name).to_numpy().astype(dtype, copy=False)
+
+    sparse = np.empty((table.num_rows, len(schema.sparse)), dtype=np.int32)
+    for j, field in enumerate(schema.sparse):
+        ids = column(field.name, np.int32)
+        if ids.size and (ids.min() < 0 or ids.max() >= field.vocab_size):
+            raise DataError(
+                f"{path}: field '{field.name}' has ids outside [0, {field.vocab_size})"
+            )
+        sparse[:, j] = ids
+    dense = np.empty((table.num_rows, len(schema.dense)), dtype=np.float32)
+    for j, name in enumerate(schema.dense_names):
+        dense[:, j] = column(name, np.float32)
+    labels = {name: torch.from_numpy(column(name, np.float32)) for name in schema.labels}
+    columns = {name: column(name, np.float64) for name in schema.truth}
+    if schema.user_field is not None:
+        columns["user"] = sparse[:, schema.sparse_names.index(schema.user_field)].copy()
+    return SplitData(torch.from_numpy(sparse), torch.from_numpy(dense), labels, columns)
+
+
+class TrainStream:
+    """Endless training batches with a resumable position (epoch, batch in epoch).
+
+    The order of epoch e is a permutation drawn from a generator seeded with (seed, e),
+    so any position can be recreated without replaying earlier epochs. `keep_negatives`
+    < 1 drops each negative of `label` with that probability anew every epoch. Under
+    DDP each rank takes every world_size-th row of the epoch's order.
+    """
+
+    def __init__(self, data: SplitData, batch_size: int, seed: int, keep_negatives: float = 1.0,
+                 label: str = "click", rank: int = 0, world_size: int = 1):
+        if len(data) < batch_size * world_size:
+            raise DataError(
+                f"the training split has {len(data)} rows, fewer than one batch "
+                f"(data.batch_size {batch_size} × {world_size} ranks)"
+            )
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.keep_negatives, self.label = keep_negatives, label
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.batch_in_epoch = 0, 0
+        self._order: torch.Tensor | None = None
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.data), generator=generator)
+        if self.keep_negatives < 1.0:
+            keep = torch.rand(len(self.data), generator=generator) < self.keep_negatives
+            keep |= self.data.labels[self.label] > 0
+            order = order[keep[order]]
+        return order[self.rank :: self.world_size]
+
+    def batches_in_epoch(self, order: torch.Tensor) -> int:
+        return len(order) // self.batch_size  # the last partial batch is dropped
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self._order = None
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            if self._order is None:
+                self._order = self.epoch_order(self.epoch)
+            if self.batch_in_epoch >= self.batches_in_epoch(self._order):
+                self.epoch, self.batch_in_epoch, self._order = self.epoch + 1, 0, None
+                continue
+            start = self.batch_in_epoch * self.batch_size
+            index = self._order[start : start + self.batch_size]
+            self.batch_in_epoch += 1
+            yield self.data.take(index)
+
+
+def eval_batches(data: SplitData, batch_size: int) -> Iterator[Batch]:
+    """The split in order, in slices of `batch_size` (views, no copies)."""
+    for start in range(0, len(data), batch_size):
+        yield data.slice(start, min(start + batch_size, len(data)))

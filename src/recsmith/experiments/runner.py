@@ -1,0 +1,213 @@
+"""Runs a chain: each experiment in its own `recsmith train` process, in order, with a
+progress bar, a time limit, resume, and a diagnosis when something fails."""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from recsmith.atomic import write_json_atomic, write_text_atomic
+from recsmith.config.loader import display_path, dump_yaml
+from recsmith.data.sources import resolve_dataset
+from recsmith.errors import ChainError
+from recsmith.experiments.chain import ResolvedChain, ResolvedExperiment, diff_from_base
+from recsmith.experiments.diagnosis import recognise, tail
+from recsmith.experiments.summary import build_summary, write_summary
+from recsmith.run_dir import RunDir
+
+POLL_SECONDS = 0.5
+DEFAULT_TIMEOUT = 6 * 3600
+
+
+@dataclass
+class Outcome:
+    exp_id: str
+    status: str  # success | failed | timeout | interrupted | skipped
+    returncode: int | None = None
+    wall_seconds: float = 0.0
+
+
+def train_command(config_file: Path, run_dir: Path, resume: bool) -> list[str]:
+    command = [sys.executable, "-m", "recsmith", "train", str(config_file), "--run-dir", str(run_dir)]
+    return command + (["--resume"] if resume else [])
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the chain process dies, even by `kill -9` (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class ChainRunner:
+    def __init__(self, chain: ResolvedChain, console: Console, timeout: float = DEFAULT_TIMEOUT):
+        self.chain, self.console, self.timeout = chain, console, timeout
+
+    def config_file(self, exp: ResolvedExperiment) -> Path:
+        return self.chain.output_dir / "configs" / f"{exp.id}.yaml"
+
+    # ----------------------------------------------------------------- dry run
+    def dry_run(self, selected: list[ResolvedExperiment], resume: bool) -> None:
+        self.console.print(f"[bold]chain {self.chain.spec.name}[/]: {len(selected)} experiments, "
+                           f"output {display_path(self.chain.output_dir)} (dry run: nothing is run or written)")
+        for exp in selected:
+            run = RunDir(self.chain.output_dir / exp.id)
+            done = resume and run.eval.exists()
+            self.console.print(f"\n[bold]{exp.id}[/] {exp.description}" + ("  [green](done, would skip)[/]" if done else ""))
+            self.console.print("  " + " ".join(train_command(self.config_file(exp), run.path, resume)))
+            for key, base, value in diff_from_base(self.chain, exp):
+                self.console.print(f"    {key}: {base!r} → {value!r}")
+
+    # --------------------------------------------------------------------- run
+    def run(self, selected: list[ResolvedExperiment], resume: bool) -> int:
+        out = self.chain.output_dir
+        if not resume:
+            taken = [e.id for e in selected if RunDir(out / e.id).has_run()]
+            if taken:
+                raise ChainError(f"{display_path(out)} already holds runs of {', '.join(taken)}: "
+                                 "pass --resume to continue them, or --output another dir")
+        self._prepare_data(selected)
+        outcomes: list[Outcome] = []
+        code = 0
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=self.console, transient=False) as progress:
+            overall = progress.add_task(f"chain {self.chain.spec.name}", total=len(selected))
+            for exp in selected:
+                outcome = self._run_one(exp, resume, progress)
+                outcomes.append(outcome)
+                progress.advance(overall)
+                if outcome.status not in ("success", "skipped"):
+                    code = 130 if outcome.status == "interrupted" else 1
+                    break
+        rows = build_summary(self.chain)
+        paths = write_summary(self.chain, rows)
+        self._report(rows, paths, outcomes)
+        return code
+
+    def _prepare_data(self, selected: list[ResolvedExperiment]) -> None:
+        seen = set()
+        for exp in selected:
+            key = repr(exp.config.data.model_dump(exclude={"batch_size", "eval_batch_size",
+                                                           "neg_keep_prob_train", "train_subset"}))
+            if key in seen:
+                continue
+            seen.add(key)
+            with Progress(TextColumn("preparing data"), BarColumn(), MofNCompleteColumn(),
+                          console=self.console, transient=True) as progress:
+                task = progress.add_task("data", total=None)
+                path = resolve_dataset(exp.config.data,
+                                       lambda done, total: progress.update(task, completed=done, total=total))
+            self.console.print(f"dataset: {display_path(path)}")
+
+    def _run_one(self, exp: ResolvedExperiment, resume: bool, progress: Progress) -> Outcome:
+        run = RunDir(self.chain.output_dir / exp.id)
+        if resume and run.eval.exists():
+            self.console.print(f"{exp.id}: already complete, skipped")
+            return Outcome(exp.id, "skipped")
+        run.create()
+        config_file = self.config_file(exp)
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(config_file, dump_yaml(exp.data))
+        command = train_command(config_file, run.path, resume)
+        max_steps = exp.config.runtime.max_train_steps
+        task = progress.add_task(f"{exp.id} {exp.description}", total=max_steps)
+        started = time.time()
+        status = {"exp_id": exp.id, "status": "running", "command": command,
+                  "started": dt.datetime.now().isoformat(timespec="seconds")}
+        write_json_atomic(run.status, status)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RECSMITH_NO_PROGRESS": "1"}
+        with open(run.output, "a", encoding="utf-8") as output:
+            output.write(f"\n=== {status['started']} {' '.join(command)}\n")
+            output.flush()
+            child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=_die_with_parent if os.name == "posix" else None)
+            result = self._wait(child, run, progress, task, started)
+        wall = time.time() - started
+        progress.update(task, completed=self._last_step(run))
+        outcome = Outcome(exp.id, result, child.returncode, wall)
+        status.update(status=result, returncode=child.returncode, wall_seconds=round(wall, 2),
+                      ended=dt.datetime.now().isoformat(timespec="seconds"))
+        if result != "success":
+            status.update(self._diagnose(exp, run, outcome))
+        write_json_atomic(run.status, status)
+        return outcome
+
+    def _wait(self, child: subprocess.Popen, run: RunDir, progress: Progress, task, started: float) -> str:
+        try:
+            while child.poll() is None:
+                if time.time() - started > self.timeout:
+                    self._stop(child)
+                    return "timeout"
+                progress.update(task, completed=self._last_step(run))
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            self._stop(child)
+            return "interrupted"
+        return "success" if child.returncode == 0 and run.eval.exists() else "failed"
+
+    @staticmethod
+    def _stop(child: subprocess.Popen) -> None:
+        child.terminate()
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+    @staticmethod
+    def _last_step(run: RunDir) -> int:
+        records = [r for r in RunDir.read_jsonl(run.metrics) if r.get("type") == "train"]
+        return records[-1]["step"] if records else 0
+
+    # -------------------------------------------------------------- reporting
+    def _diagnose(self, exp: ResolvedExperiment, run: RunDir, outcome: Outcome) -> dict:
+        output, log = tail(run.output), tail(run.log)
+        if outcome.status == "timeout":
+            pattern = "timeout"
+            hint = (f"{exp.id} ran past --timeout {self.timeout:.0f}s at step {self._last_step(run)} of "
+                    f"{exp.config.runtime.max_train_steps}: check samples_per_s in metrics.jsonl, lower "
+                    "runtime.max_train_steps, or raise --timeout; `chain run --resume` continues it")
+        elif outcome.status == "interrupted":
+            pattern, hint = "interrupted", "`recsmith chain run CHAIN --resume` continues from the last checkpoint"
+        else:
+            pattern, hint = recognise(output + "\n" + log, outcome.returncode)
+        c = self.console
+        c.rule(f"[red]{exp.id} {outcome.status}[/] (exit code {outcome.returncode})")
+        c.print(f"[bold]last 200 lines of {display_path(run.output)}[/]", markup=True)
+        c.print(output or "(empty)", markup=False, highlight=False)
+        c.print(f"[bold]last 200 lines of {display_path(run.log)}[/]", markup=True)
+        c.print(log or "(empty)", markup=False, highlight=False)
+        c.rule()
+        c.print(f"[bold red]diagnosis:[/] {pattern}")
+        c.print(f"[bold]fix:[/] {hint}", markup=True)
+        return {"pattern": pattern, "hint": hint}
+
+    def _report(self, rows: list[dict], paths, outcomes: list[Outcome]) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"chain {self.chain.spec.name} (test split, best checkpoint)")
+        for column in ("exp", "status", "best_step", "auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "loss"):
+            table.add_column(column, justify="left" if column in ("exp", "status") else "right")
+        for r in rows:
+            table.add_row(r["exp_id"], r["status"], str(r["best_step"] or ""),
+                          *(f"{r[c]:.4f}" if isinstance(r[c], float) else "" for c in
+                            ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "loss")))
+        self.console.print(table)
+        oracle = next((r for r in rows if r.get("oracle_auc_ctr") is not None), None)
+        if oracle:
+            self.console.print("oracle AUC: " + "  ".join(
+                f"{k.removeprefix('oracle_auc_')} {oracle[k]:.4f}" for k in
+                ("oracle_auc_ctr", "oracle_auc_cvr", "oracle_auc_ctcvr", "oracle_auc_cvr_entire")))
+        for path in paths:
+            self.console.print(f"wrote {display_path(path)}")

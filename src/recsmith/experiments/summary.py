@@ -1,0 +1,116 @@
+"""Chain summary and delta analysis: pure functions of the chain file and its run dirs,
+so they can be regenerated at any time (`recsmith chain summarize`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from recsmith.atomic import write_json_atomic, write_text_atomic
+from recsmith.run_dir import RunDir
+
+METRIC_COLUMNS = ("auc_primary", "auc_ctr", "auc_cvr", "auc_cvr_masked", "auc_ctcvr", "auc_cvr_entire",
+                  "gauc_ctr", "logloss_ctr", "logloss_cvr", "logloss_ctcvr", "calibration_ctr",
+                  "calibration_cvr", "loss")
+ORACLE_COLUMNS = ("oracle_auc_ctr", "oracle_auc_cvr", "oracle_auc_ctcvr", "oracle_auc_cvr_entire")
+COLUMNS = ("exp_id", "description", "status", "primary_key", "best_step", "max_train_steps",
+           *METRIC_COLUMNS, "valid_auc_primary", *ORACLE_COLUMNS, "wall_seconds", "run_dir")
+
+
+def run_status(run: RunDir) -> str:
+    recorded = (run.read_json(run.status) or {}).get("status")
+    if run.eval.exists():
+        return "success"
+    if recorded in ("failed", "timeout", "interrupted", "running"):
+        return recorded if recorded != "running" else "partial"
+    if run.ckpt_last.exists():
+        return "partial"
+    return "not_run"
+
+
+def summary_row(exp_id: str, description: str, run: RunDir) -> dict:
+    row = {c: None for c in COLUMNS}
+    row.update(exp_id=exp_id, description=description, status=run_status(run), run_dir=str(run.path))
+    status = run.read_json(run.status) or {}
+    row["wall_seconds"] = status.get("wall_seconds")
+    result = run.read_json(run.eval) if row["status"] == "success" else None
+    if result:
+        test, valid = result.get("test", {}), result.get("valid", {})
+        row.update(primary_key=result.get("primary_key"), best_step=result.get("best_step"),
+                   max_train_steps=result.get("max_train_steps"),
+                   valid_auc_primary=valid.get("auc_primary"))
+        row.update({c: test.get(c) for c in (*METRIC_COLUMNS, *ORACLE_COLUMNS)})
+    return row
+
+
+def build_summary(chain) -> list[dict]:
+    return [summary_row(e.id, e.description, RunDir(chain.output_dir / e.id)) for e in chain.experiments]
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def write_summary(chain, rows: list[dict]) -> tuple[Path, Path, Path]:
+    """summary.csv, summary.json and delta_analysis.txt in the chain's output dir."""
+    out = chain.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+    paths = out / "summary.csv", out / "summary.json", out / "delta_analysis.txt"
+    write_text_atomic(paths[0], buffer.getvalue())
+    write_json_atomic(paths[1], {"chain": chain.spec.name, "chain_file": str(chain.path), "experiments": rows})
+    write_text_atomic(paths[2], delta_analysis(chain, rows))
+    return paths
+
+
+def delta_analysis(chain, rows: list[dict]) -> str:
+    """Each comparison of the chain: absolute and relative deltas, the oracle beside them."""
+    by_id = {r["exp_id"]: r for r in rows}
+    lines = [f"Delta analysis: chain '{chain.spec.name}'",
+             "Test split, each run's best checkpoint (selected on valid by its primary key).",
+             "Δrel = Δabs / baseline. 'gap closed' = Δabs / (oracle − baseline): the share of the",
+             "distance to the ceiling (AUC of the true probabilities) that the change covered.", ""]
+    oracle = next((r for r in rows if r.get("oracle_auc_ctr") is not None), None)
+    if oracle:
+        lines.append("Oracle AUC (ceiling on this split): " + " · ".join(
+            f"{c.removeprefix('oracle_auc_')} {oracle[c]:.6f}" for c in ORACLE_COLUMNS if oracle.get(c) is not None))
+        lines.append("")
+    for comparison in chain.spec.comparisons:
+        base, cand = by_id.get(comparison.baseline), by_id.get(comparison.candidate)
+        lines.append(comparison.title)
+        if comparison.question:
+            lines.append(f"  question: {comparison.question}")
+        missing = [r["exp_id"] for r in (base, cand) if r and r["status"] != "success"]
+        if missing:
+            lines += [f"  n/a: {', '.join(missing)} did not finish", ""]
+            continue
+        lines.append(f"  {'metric':<16}{comparison.baseline:>11}{comparison.candidate:>11}"
+                     f"{'Δabs':>12}{'Δrel':>10}{'oracle':>11}{'gap closed':>12}")
+        for metric in comparison.metrics:
+            a, b = base.get(metric), cand.get(metric)
+            ceiling = (oracle or {}).get(f"oracle_{metric}") if metric.startswith("auc_") else None
+            lines.append("  " + _delta_line(metric, a, b, ceiling))
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _delta_line(metric: str, a, b, ceiling) -> str:
+    def fmt(v, spec=".6f"):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+    if a is None or b is None or any(math.isnan(v) for v in (a, b)):
+        return f"{metric:<16}{fmt(a):>11}{fmt(b):>11}{'n/a':>12}{'n/a':>10}{fmt(ceiling):>11}{'n/a':>12}"
+    delta = b - a
+    rel = delta / a if a else float("nan")
+    closed = delta / (ceiling - a) if ceiling is not None and ceiling != a else None
+    return (f"{metric:<16}{a:>11.6f}{b:>11.6f}{delta:>+12.6f}{fmt(rel * 100, '+.2f') + '%':>10}"
+            f"{fmt(ceiling):>11}{(fmt(closed * 100, '+.1f') + '%') if closed is not None else 'n/a':>12}")

@@ -1,0 +1,25 @@
+"""Log loss and calibration of predicted probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7
+
+
+def logloss(labels, probs) -> float:
+    """Mean binary cross-entropy, probabilities clipped to [1e-7, 1 − 1e-7]."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), EPS, 1.0 - EPS)
+    if y.size == 0:
+        return float("nan")
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+
+
+def calibration(labels, probs) -> float:
+    """Mean predicted probability / observed positive rate (1.0 is calibrated)."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if y.size == 0 or y.sum() == 0:
+        return float("nan")
+    return float(p.mean() / y.mean())

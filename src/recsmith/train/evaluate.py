@@ -1,0 +1,50 @@
+"""Evaluation: predict a split in large batches, then compute pure metric functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recsmith.data.batches import SplitData, eval_batches
+from recsmith.metrics.funnel import funnel_metrics, oracle_metrics
+from recsmith.train.diagnostics import GateStats
+
+
+@torch.no_grad()
+def predict(model, data: SplitData, batch_size: int, device: torch.device, precision):
+    """Task logits for the whole split (`{task: [N]}` on CPU) and its gate statistics."""
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {t: [] for t in model.tasks}
+    gates = GateStats()
+    try:
+        for batch in eval_batches(data, batch_size):
+            batch = batch.to(device)
+            with precision.autocast():
+                logits, gate_weights = model(batch.sparse, batch.dense, with_gates=True)
+            for task, values in logits.items():
+                chunks[task].append(values.float().cpu())
+            gates.update(gate_weights)
+    finally:
+        model.train(was_training)
+    return {t: torch.cat(v) for t, v in chunks.items()}, gates
+
+
+def evaluate(model, loss_fn, data: SplitData, batch_size: int, device: torch.device, precision,
+             primary_key: str) -> tuple[dict[str, float], GateStats]:
+    """All metrics of one split: funnel metrics, the objective's loss, auc_primary, oracles."""
+    logits, gates = predict(model, data, batch_size, device, precision)
+    loss, _ = loss_fn(logits, data.labels)
+    probs = {t: torch.sigmoid(v).double().numpy() for t, v in logits.items()}
+    labels = {k: v.numpy() for k, v in data.labels.items()}
+    metrics = funnel_metrics(probs, labels, data.columns)
+    metrics["loss"] = float(loss)
+    metrics["auc_primary"] = metrics[primary_key]
+    if "true_ctr" in data.columns:
+        metrics.update(oracle_metrics(labels, data.columns))
+    return {k: _finite_or_nan(v) for k, v in metrics.items()}, gates
+
+
+def _finite_or_nan(value: float) -> float:
+    value = float(value)
+    return value if np.isfinite(value) else float("nan")

@@ -1,0 +1,89 @@
+"""Losses over task logits. Each returns `(total, {term: value})` and declares the logits
+it needs, so the trainer can check them against the model at start-up."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from recsmith.tasks import TASKS
+
+Tensor = torch.Tensor
+
+
+def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of `values` where `mask` is true (0 when nothing is observed)."""
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def log1mexp(log_p: Tensor) -> Tensor:
+    """log(1 − exp(log_p)) for log_p ≤ 0, stable at both ends (Mächler 2012).
+
+    log_p is capped just below 0 (p = 1 has no finite log(1 − p)) so that neither branch
+    of the `where` produces an infinite gradient."""
+    log_p = log_p.clamp(max=-1e-7)
+    return torch.where(log_p > -math.log(2.0), torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+
+
+def bce_from_log_prob(log_p: Tensor, target: Tensor) -> Tensor:
+    """Elementwise binary cross-entropy given log p; logs clamped at −100 like torch's BCE."""
+    return -(target * log_p.clamp(min=-100.0) + (1.0 - target) * log1mexp(log_p).clamp(min=-100.0))
+
+
+def task_term(logits: dict[str, Tensor], labels: dict[str, Tensor], task: str) -> Tensor:
+    """BCE of one task's head on the rows where its label is observed."""
+    spec = TASKS[task]
+    mask = labels[spec.observed_when] > 0 if spec.observed_when else None
+    values = F.binary_cross_entropy_with_logits(logits[task], labels[spec.label], reduction="none")
+    return masked_mean(values, mask)
+
+
+class MultiTaskLoss:
+    """Σ_t BCE_t: each head trained on the rows where its label is observed (CVR: clicks)."""
+
+    def __init__(self, tasks: list[str]):
+        self.required_logits = list(tasks)
+
+    def __call__(self, logits: dict[str, Tensor], labels: dict[str, Tensor]):
+        terms = {f"loss_{t}": task_term(logits, labels, t) for t in self.required_logits}
+        return sum(terms.values()), terms
+
+
+class ESMMLoss:
+    """ESMM over the entire impression space (Ma et al. 2018), v2 with an auxiliary term:
+
+        L = BCE(p_ctr, click) + BCE(p_ctcvr, click·conversion) + λ · BCE(p_cvr, conversion | click)
+
+    with p_ctcvr = p_ctr · p_cvr computed in log space: log p_ctcvr = logσ(ctr) + logσ(cvr).
+    λ = `esmm.lambda_cvr_aux` (0 for v1).
+    """
+
+    required_logits = ["ctr", "cvr"]
+
+    def __init__(self, lambda_cvr_aux: float):
+        self.lambda_cvr_aux = float(lambda_cvr_aux)
+
+    def __call__(self, logits: dict[str, Tensor], labels: dict[str, Tensor]):
+        click, conversion = labels["click"], labels["conversion"]
+        log_ctcvr = F.logsigmoid(logits["ctr"]) + F.logsigmoid(logits["cvr"])
+        terms = {
+            "loss_ctr": F.binary_cross_entropy_with_logits(logits["ctr"], click),
+            "loss_ctcvr": bce_from_log_prob(log_ctcvr, click * conversion).mean(),
+        }
+        total = terms["loss_ctr"] + terms["loss_ctcvr"]
+        if self.lambda_cvr_aux > 0:
+            terms["loss_cvr_aux"] = task_term(logits, labels, "cvr")
+            total = total + self.lambda_cvr_aux * terms["loss_cvr_aux"]
+        return total, terms
+
+
+def build_loss(cfg):
+    """The loss an ExperimentConfig describes."""
+    if cfg.use_esmm:
+        return ESMMLoss(cfg.esmm.lambda_cvr_aux)
+    return MultiTaskLoss(cfg.model.enabled_heads)

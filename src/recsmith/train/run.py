@@ -1,0 +1,140 @@
+"""One training run, start to finish: run dir, data, model, trainer, final test evaluation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from recsmith.atomic import write_json_atomic, write_text_atomic
+from recsmith.config.loader import dump_yaml
+from recsmith.data.batches import SplitData, TrainStream, load_split
+from recsmith.data.schema import DatasetSchema
+from recsmith.data.sources import resolve_dataset
+from recsmith.env_info import environment
+from recsmith.errors import ConfigError
+from recsmith.models.ranking import build_model
+from recsmith.run_dir import RunDir
+from recsmith.train.checkpoint import load_checkpoint
+from recsmith.train.evaluate import evaluate
+from recsmith.train.losses import build_loss
+from recsmith.train.precision import resolve_precision
+from recsmith.train.trainer import Trainer
+
+log = logging.getLogger("recsmith.train")
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("runtime.device: 'cuda' requested but no CUDA device is available")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def attach_log_file(run: RunDir) -> logging.Handler:
+    handler = logging.FileHandler(run.log, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("recsmith")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
+def load_training_data(cfg, progress=None) -> tuple[Path, DatasetSchema, SplitData, SplitData]:
+    dataset_dir = resolve_dataset(cfg.data, progress)
+    schema = DatasetSchema.load(dataset_dir)
+    train, valid = load_split(dataset_dir, schema, "train"), load_split(dataset_dir, schema, "valid")
+    if cfg.data.train_subset == "clicked":
+        train = train.subset(train.labels["click"].numpy() > 0)
+    return dataset_dir, schema, train, valid
+
+
+def train_run(cfg, run_path: str | Path, resume: bool = False,
+              on_step: Optional[Callable[[int, dict], None]] = None,
+              data_progress=None) -> dict:
+    """Train `cfg` in `run_path` (or continue it with `resume`); returns eval.json's content."""
+    run = RunDir(run_path)
+    if run.has_run() and not resume:
+        raise ConfigError(f"run dir {run.path} already holds a run: pass --resume, or choose another dir")
+    run.create()
+    handler = attach_log_file(run)
+    try:
+        return _train(cfg, run, resume, on_step, data_progress)
+    finally:
+        logging.getLogger("recsmith").removeHandler(handler)
+        handler.close()
+
+
+def _train(cfg, run: RunDir, resume: bool, on_step, data_progress) -> dict:
+    config_yaml = dump_yaml(cfg.model_dump(mode="json"))
+    checkpoint = None
+    if resume and run.eval.exists():
+        log.info("run %s is already complete", run.path)
+        return run.read_json(run.eval) or {}
+    if resume and run.ckpt_last.exists():
+        checkpoint = load_checkpoint(run.ckpt_last)
+        if checkpoint["config"] != cfg.model_dump(mode="json"):
+            raise ConfigError(f"the config differs from the one {run.ckpt_last} was trained with; "
+                              "resume with the same config, or start a new run dir")
+    write_text_atomic(run.config, config_yaml)
+    if cfg.runtime.num_threads:
+        torch.set_num_threads(cfg.runtime.num_threads)
+    device = resolve_device(cfg.runtime.device)
+    precision = resolve_precision(cfg.runtime.amp, device)
+    write_json_atomic(run.env, environment(device, precision.describe()))
+
+    dataset_dir, schema, train, valid = load_training_data(cfg, data_progress)
+    model = build_model(schema, cfg).to(device)
+    loss_fn = build_loss(cfg)
+    stream = TrainStream(train, cfg.data.batch_size, seed=cfg.runtime.seed,
+                         keep_negatives=cfg.data.neg_keep_prob_train)
+    trainer = Trainer(cfg, run, model, loss_fn, stream, valid, device, precision)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+        for path in (run.metrics, run.health):
+            RunDir.truncate_after_step(path, trainer.step)
+        log.info("resumed from %s at step %d", run.ckpt_last.name, trainer.step)
+    else:  # a fresh start: records of an attempt that never reached a checkpoint go
+        for path in (run.metrics, run.health):
+            path.unlink(missing_ok=True)
+        log.info("training %s: %d train rows, %d valid rows, %d parameters, %s on %s", cfg.name,
+                 len(train), len(valid), sum(p.numel() for p in model.parameters()),
+                 precision.describe(), device)
+    started = time.perf_counter()
+    trainer.fit(on_step)
+    train_seconds = time.perf_counter() - started
+
+    result = final_evaluation(cfg, run, model, loss_fn, dataset_dir, schema, device, precision)
+    result["train_seconds_this_session"] = round(train_seconds, 2)
+    write_json_atomic(run.eval, result)
+    log.info("done: best %s=%.6f at step %s; test %s=%.6f", result["primary_key"],
+             result["valid"].get(result["primary_key"], float("nan")), result["best_step"],
+             result["primary_key"], result["test"].get(result["primary_key"], float("nan")))
+    return result
+
+
+def final_evaluation(cfg, run: RunDir, model, loss_fn, dataset_dir, schema, device, precision) -> dict:
+    """Evaluate the best checkpoint on the test split; the valid metrics at the best step."""
+    best = load_checkpoint(run.ckpt_best)
+    model.load_state_dict(best["model"])
+    test = load_split(dataset_dir, schema, "test")
+    key = cfg.runtime.best_selection.primary_key
+    test_metrics, gates = evaluate(model, loss_fn, test, cfg.data.eval_batch_size, device, precision, key)
+    valid_records = [r for r in RunDir.read_jsonl(run.metrics)
+                     if r.get("type") == "valid" and r.get("step") == best["step"]]
+    valid_metrics = {k: v for k, v in valid_records[-1].items() if k not in ("type", "step")} if valid_records else {}
+    return {
+        "name": cfg.name,
+        "primary_key": key,
+        "best_step": best["step"],
+        "max_train_steps": cfg.runtime.max_train_steps,
+        "valid": valid_metrics,
+        "test": test_metrics,
+        "expert_health_test": gates.report(model.gate_experts),
+        "dataset": str(dataset_dir),
+        "test_rows": len(test),
+    }

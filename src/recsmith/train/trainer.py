@@ -1,0 +1,140 @@
+"""The training loop. It sees a model that returns `{task: logits}` and a loss object
+returning `(total, terms)`; optimizer, schedule, precision, evaluation cadence, best
+selection and checkpoints come from the config."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable, Optional
+
+import torch
+
+from recsmith.errors import TrainingError
+from recsmith.run_dir import RunDir
+from recsmith.train.checkpoint import rng_state, restore_rng_state, save_checkpoint
+from recsmith.train.evaluate import evaluate
+from recsmith.train.optim import build_optimizer
+from recsmith.train.schedule import build_schedulers
+
+log = logging.getLogger("recsmith.train")
+
+
+class BestTracker:
+    """Keeps the best value of the primary key; NaN never wins."""
+
+    def __init__(self, key: str, mode: str):
+        self.key, self.mode = key, mode
+        self.value: float | None = None
+        self.step: int | None = None
+
+    def decide(self, step: int, value: float) -> dict:
+        before = {"best_value_before": self.value, "best_step_before": self.step}
+        improved = not math.isnan(value) and (
+            self.value is None or (value > self.value if self.mode == "max" else value < self.value)
+        )
+        if improved:
+            self.value, self.step = value, step
+        return {"type": "valid_decision", "step": step, "primary_key": self.key, "mode": self.mode,
+                "value": value, **before, "improved": improved,
+                "best_value": self.value, "best_step": self.step}
+
+
+class Trainer:
+    def __init__(self, cfg, run: RunDir, model, loss_fn, stream, valid, device, precision):
+        missing = set(loss_fn.required_logits) - set(model.tasks)
+        if missing:
+            raise TrainingError(f"the loss needs logits {sorted(missing)} that the model does not produce")
+        self.cfg, self.run, self.model, self.loss_fn = cfg, run, model, loss_fn
+        self.stream, self.valid, self.device, self.precision = stream, valid, device, precision
+        self.optimizer = build_optimizer(model, cfg)
+        self.schedulers = build_schedulers(self.optimizer, cfg.lr_scheduler)
+        self.scaler = precision.grad_scaler()
+        selection = cfg.runtime.best_selection
+        self.best = BestTracker(selection.primary_key, selection.mode)
+        self.step = 0
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, on_step: Optional[Callable[[int, dict], None]] = None) -> None:
+        rt = self.cfg.runtime
+        self.model.train()
+        batches = iter(self.stream)
+        running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+        while self.step < rt.max_train_steps:
+            batch = next(batches).to(self.device)
+            with self.precision.autocast():
+                logits = self.model(batch.sparse, batch.dense)
+            loss, terms = self.loss_fn(logits, batch.labels)
+            self.optimizer.zero_grad()
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            self.optimizer.step(self.scaler)
+            for scheduler in self.schedulers.values():
+                scheduler.step()
+            self.step += 1
+            running, count = running + loss.detach(), count + 1
+            last = self.step == rt.max_train_steps
+            if self.step % rt.log_every_steps == 0 or last:
+                record = self._log_train(running / count, terms, count, time.perf_counter() - tick)
+                running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+                if on_step:
+                    on_step(self.step, record)
+            if self.step % rt.eval_every_steps == 0 or last:
+                self.evaluate_and_checkpoint()
+
+    def _log_train(self, mean_loss: torch.Tensor, terms: dict, steps: int, seconds: float) -> dict:
+        value = float(mean_loss)
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"loss is {value} at step {self.step}: training diverged "
+                f"(lower optim.dense.lr / optim.sparse.lr, or check the input data)"
+            )
+        record = {"type": "train", "step": self.step, "loss": value,
+                  **{k: float(v.detach()) for k, v in terms.items()},
+                  **{f"lr_{k}": v for k, v in self.optimizer.lrs().items()},
+                  "samples_per_s": steps * self.cfg.data.batch_size / max(seconds, 1e-9)}
+        RunDir.append(self.run.metrics, record)
+        return record
+
+    def evaluate_and_checkpoint(self) -> None:
+        started = time.perf_counter()
+        metrics, gates = evaluate(self.model, self.loss_fn, self.valid, self.cfg.data.eval_batch_size,
+                                  self.device, self.precision, self.best.key)
+        RunDir.append(self.run.metrics, {"type": "valid", "step": self.step, **metrics})
+        decision = self.best.decide(self.step, metrics[self.best.key])
+        RunDir.append(self.run.metrics, decision)
+        for record in gates.report(self.model.gate_experts):
+            RunDir.append(self.run.health, {"step": self.step, **record})
+        state = self.state_dict()
+        if decision["improved"]:
+            save_checkpoint(self.run.ckpt_best, state)
+        save_checkpoint(self.run.ckpt_last, state)
+        log.info("step %d  valid %s=%.6f  best %.6f @ %d  loss=%.5f  (%.1fs)", self.step, self.best.key,
+                 metrics[self.best.key], self.best.value if self.best.value is not None else float("nan"),
+                 self.best.step or 0, metrics["loss"], time.perf_counter() - started)
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": rng_state(),
+            "data": self.stream.state(),
+            "best": {"value": self.best.value, "step": self.best.step},
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][name])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        self.stream.load_state(state["data"])
+        self.best.value, self.best.step = state["best"]["value"], state["best"]["step"]
+        self.step = int(state["step"])
