@@ -18,7 +18,7 @@ PATTERNS = (
     FailurePattern("config error", re.compile(r"^(config|chain) error:|ConfigError", re.M),
                    "fix the key the message names; `recsmith chain validate CHAIN` checks every "
                    "experiment without training"),
-    FailurePattern("missing data", re.compile(r"^data error:|FileNotFoundError|No such file or directory", re.M),
+    FailurePattern("missing or malformed data", re.compile(r"^data error:|FileNotFoundError|No such file or directory", re.M),
                    "check data.path (or RECSMITH_CACHE for generated data); "
                    "`recsmith data prepare CONFIG` prepares a dataset on its own"),
     FailurePattern("out of memory", re.compile(

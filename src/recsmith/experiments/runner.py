@@ -87,6 +87,7 @@ class ChainRunner:
                 outcome = self._run_one(exp, resume, progress)
                 outcomes.append(outcome)
                 progress.advance(overall)
+                self._announce(exp, outcome)
                 if outcome.status not in ("success", "skipped"):
                     code = 130 if outcome.status == "interrupted" else 1
                     break
@@ -171,6 +172,16 @@ class ChainRunner:
         return records[-1]["step"] if records else 0
 
     # -------------------------------------------------------------- reporting
+    def _announce(self, exp: ResolvedExperiment, outcome: Outcome) -> None:
+        if outcome.status != "success":
+            return
+        run = RunDir(self.chain.output_dir / exp.id)
+        result = run.read_json(run.eval) or {}
+        key = result.get("primary_key", "")
+        self.console.print(f"{exp.id} done in {outcome.wall_seconds:.0f}s: test {key} "
+                           f"{result.get('test', {}).get(key, float('nan')):.4f} (best step "
+                           f"{result.get('best_step')} of {result.get('max_train_steps')})")
+
     def _diagnose(self, exp: ResolvedExperiment, run: RunDir, outcome: Outcome) -> dict:
         output, log = tail(run.output), tail(run.log)
         if outcome.status == "timeout":

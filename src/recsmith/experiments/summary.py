@@ -34,7 +34,7 @@ def summary_row(exp_id: str, description: str, run: RunDir) -> dict:
     row = {c: None for c in COLUMNS}
     row.update(exp_id=exp_id, description=description, status=run_status(run), run_dir=str(run.path))
     status = run.read_json(run.status) or {}
-    row["wall_seconds"] = status.get("wall_seconds")
+    row["wall_seconds"] = round(status["wall_seconds"], 1) if status.get("wall_seconds") else None
     result = run.read_json(run.eval) if row["status"] == "success" else None
     if result:
         test, valid = result.get("test", {}), result.get("valid", {})
@@ -49,10 +49,10 @@ def build_summary(chain) -> list[dict]:
     return [summary_row(e.id, e.description, RunDir(chain.output_dir / e.id)) for e in chain.experiments]
 
 
-def _cell(value) -> str:
+def _cell(key: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, float):
+    if isinstance(value, float) and key != "wall_seconds":
         return f"{value:.6f}"
     return str(value)
 
@@ -64,7 +64,7 @@ def write_summary(chain, rows: list[dict]) -> tuple[Path, Path, Path]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: _cell(k, v) for k, v in row.items()} for row in rows)
     paths = out / "summary.csv", out / "summary.json", out / "delta_analysis.txt"
     write_text_atomic(paths[0], buffer.getvalue())
     write_json_atomic(paths[1], {"chain": chain.spec.name, "chain_file": str(chain.path), "experiments": rows})

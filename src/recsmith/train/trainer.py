@@ -81,6 +81,7 @@ class Trainer:
                     on_step(self.step, record)
             if self.step % rt.eval_every_steps == 0 or last:
                 self.evaluate_and_checkpoint()
+                tick = time.perf_counter()  # samples_per_s measures training only
 
     def _log_train(self, mean_loss: torch.Tensor, terms: dict, steps: int, seconds: float) -> dict:
         value = float(mean_loss)

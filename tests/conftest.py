@@ -1,0 +1,59 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHAIN = REPO / "configs" / "chains" / "mtl_funnel.yaml"
+
+# Small enough to train in a few seconds, large enough for every AUC to have both classes.
+TINY = {
+    "data.synthetic.rows": 30000,
+    "data.synthetic.click_rate": 0.2,
+    "data.synthetic.conversion_rate": 0.3,
+    "data.batch_size": 256,
+    "data.eval_batch_size": 4096,
+    "runtime.max_train_steps": 40,
+    "lr_scheduler.total_steps": 40,
+    "lr_scheduler.warmup_steps": 5,
+    "runtime.eval_every_steps": 20,
+    "runtime.log_every_steps": 10,
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Generated datasets go to a per-session cache, never the user's."""
+    cache = tmp_path_factory.mktemp("recsmith-cache")
+    os.environ["RECSMITH_CACHE"] = str(cache)
+    os.environ["RECSMITH_NO_PROGRESS"] = "1"
+    return cache
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`recsmith ARGS` in a fresh process, as a user would run it."""
+    return subprocess.run([sys.executable, "-m", "recsmith", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or REPO, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def tiny_chain_file(tmp_path: Path, extra_set: dict | None = None, name: str = "tiny") -> Path:
+    """A chain that extends the shipped quick chain, shrunk to seconds per experiment."""
+    import yaml
+
+    settings = {**TINY, **(extra_set or {})}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"extends": str(CHAIN), "name": name,
+                                    "output_dir": str(tmp_path / "out"), "set": settings}))
+    return path
+
+
+def tiny_experiment(**overrides) -> dict:
+    """A merged config dict for one tiny experiment (multi-task, ESMM off)."""
+    from recsmith.config.loader import apply_overrides
+
+    data = {"name": "tiny", "runtime": {"best_selection": {"primary_key": "auc_ctr"}}}
+    apply_overrides(data, TINY)
+    apply_overrides(data, overrides)
+    return data
