@@ -108,12 +108,13 @@ def test_resume_skips_finished_experiments_and_a_rerun_is_refused(finished_chain
 def test_kill_9_mid_chain_then_resume_gives_the_same_summary(tmp_path):
     # longer than the module's chain, so E3 is caught between checkpoints; compared with a
     # clean run of the same chain
-    longer = {"runtime.max_train_steps": 160, "lr_scheduler.total_steps": 160}
+    longer = {"runtime.max_train_steps": 120, "lr_scheduler.total_steps": 120}
+    only = ["--only", "E0a,E3,E4"]  # finished, interrupted and not yet started at the kill
     chain = tiny_chain_file(tmp_path, longer)
     (tmp_path / "clean").mkdir()
     clean = tiny_chain_file(tmp_path / "clean", longer)
     out = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, "-m", "recsmith", "chain", "run", str(chain)],
+    child = subprocess.Popen([sys.executable, "-m", "recsmith", "chain", "run", str(chain), *only],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 400
     while not (out / "E3" / "ckpt_last.pt").exists():
@@ -124,11 +125,12 @@ def test_kill_9_mid_chain_then_resume_gives_the_same_summary(tmp_path):
     time.sleep(1.0)  # the training child dies with its parent (PR_SET_PDEATHSIG)
     assert not (out / "E3" / "eval.json").exists()
     assert not (out / "summary.csv").exists()
-    resumed = run_cli("chain", "run", chain, "--resume")
+    resumed = run_cli("chain", "run", chain, "--resume", *only)
     assert resumed.returncode == 0, resumed.stdout
-    assert run_cli("chain", "run", clean).returncode == 0
+    assert "E0a: already complete, skipped" in resumed.stdout
+    assert run_cli("chain", "run", clean, *only).returncode == 0
     got, want = read_summary(out), read_summary(tmp_path / "clean" / "out")
-    for exp_id in want:
+    for exp_id in ("E0a", "E3", "E4"):
         assert got[exp_id]["status"] == "success"
         for column in ("best_step", "auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "loss"):
             a, b = got[exp_id][column], want[exp_id][column]
@@ -200,3 +202,19 @@ def test_failure_patterns_are_recognised(text, returncode, pattern):
     from recsmith.experiments.diagnosis import recognise
 
     assert recognise(text, returncode)[0] == pattern
+
+
+def test_evaluate_reproduces_the_runs_test_metrics(finished_chain):
+    tmp, _, _ = finished_chain
+    run = tmp / "out" / "E3"
+    result = run_cli("evaluate", run, "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    recorded = json.loads((run / "eval.json").read_text())
+    assert metrics["step"] == recorded["best_step"]
+    for key, value in recorded["test"].items():
+        assert metrics[key] == pytest.approx(value, abs=1e-9), key
+    table = run_cli("evaluate", run, "--split", "valid", "--checkpoint", "last")
+    assert table.returncode == 0 and "auc_ctcvr" in table.stdout
+    bad = run_cli("evaluate", run, "--split", "holdout")
+    assert bad.returncode == 2 and "--split: unknown split 'holdout'" in bad.stderr

@@ -117,3 +117,46 @@ def test_negative_downsampling_keeps_every_positive():
 def test_a_split_smaller_than_a_batch_is_an_error():
     with pytest.raises(DataError, match="fewer than one batch"):
         TrainStream(toy_split(50), batch_size=100, seed=0)
+
+
+def _rewrite(path, column, values):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    index = table.column_names.index(column)
+    pq.write_table(table.set_column(index, column, pa.array(values, table.schema.field(column).type)), path)
+
+
+@pytest.mark.parametrize("column, make_bad, message", [
+    ("item_price", lambda v: np.where(np.arange(len(v)) < 3, np.nan, v), "dense field 'item_price' has 3 NaN"),
+    ("click", lambda v: np.full(len(v), 2), "label 'click' has values other than 0 and 1"),
+    ("conversion", lambda v: np.ones(len(v)), "rows have conversion = 1 without a click"),
+    ("item_id", lambda v: v + 10**6, "field 'item_id' has ids outside"),
+])
+def test_malformed_data_is_rejected_with_its_path(tmp_path, column, make_bad, message):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    source = resolve_dataset(DataConfig(synthetic=SyntheticFunnelConfig(rows=5_000), seed=2))
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    values = pq.read_table(broken / "valid.parquet").column(column).to_numpy()
+    _rewrite(broken / "valid.parquet", column, make_bad(values))
+    schema = DatasetSchema.load(broken)
+    with pytest.raises(DataError, match=message) as info:
+        load_split(broken, schema, "valid")
+    assert "valid.parquet" in str(info.value)
+
+
+def test_data_prepare_and_info_commands_report_the_oracle(tmp_path):
+    from conftest import REPO, run_cli
+
+    base = REPO / "configs" / "base" / "mtl_funnel.yaml"
+    result = run_cli("data", "prepare", base, "--set", "data.synthetic.rows=20000")
+    assert result.returncode == 0, result.stderr
+    assert "synthetic_funnel" in result.stdout and "oracle AUC: ctr" in result.stdout
+    assert "26 sparse fields" in result.stdout
+    missing = run_cli("data", "info", tmp_path)
+    assert missing.returncode == 2 and "not a prepared dataset" in missing.stderr

@@ -45,3 +45,13 @@ def test_clicked_subset_trains_on_clicks_only():
     _, _, train, valid = load_training_data(cfg)
     assert bool((train.labels["click"] == 1).all())
     assert float(valid.labels["click"].mean()) < 0.5  # evaluation keeps every impression
+
+
+def test_bf16_autocast_on_cpu_trains_to_finite_metrics(tmp_path):
+    cfg = validate_experiment(tiny_experiment(**{"runtime.amp": True, "runtime.max_train_steps": 10,
+                                                 "lr_scheduler.total_steps": 10, "runtime.eval_every_steps": 10,
+                                                 "model.mtl": "mmoe", "use_esmm": True}))
+    result = train_run(cfg, tmp_path / "run")
+    assert all(math.isfinite(result["test"][k]) for k in ("auc_ctr", "auc_cvr", "auc_ctcvr", "loss"))
+    env = (tmp_path / "run" / "env.json").read_text()
+    assert "bfloat16 autocast (runtime.amp is true)" in env

@@ -112,7 +112,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A run directory."),
 
     metrics = evaluate_run(run_dir, split, checkpoint)
     if as_json:
-        console.print_json(json.dumps(metrics))
+        print(json.dumps(metrics, indent=2))
         return
     from rich.table import Table
 

@@ -81,7 +81,17 @@ def load_split(directory: str | Path, schema: DatasetSchema, split: str) -> Spli
     dense = np.empty((table.num_rows, len(schema.dense)), dtype=np.float32)
     for j, name in enumerate(schema.dense_names):
         dense[:, j] = column(name, np.float32)
-    labels = {name: torch.from_numpy(column(name, np.float32)) for name in schema.labels}
+        bad = int((~np.isfinite(dense[:, j])).sum())
+        if bad:
+            raise DataError(f"{path}: dense field '{name}' has {bad} NaN or infinite values")
+    labels = {name: column(name, np.float32) for name in schema.labels}
+    for name, values in labels.items():
+        if not np.isin(values, (0.0, 1.0)).all():
+            raise DataError(f"{path}: label '{name}' has values other than 0 and 1")
+    if "click" in labels and "conversion" in labels and (labels["conversion"] > labels["click"]).any():
+        count = int((labels["conversion"] > labels["click"]).sum())
+        raise DataError(f"{path}: {count} rows have conversion = 1 without a click")
+    labels = {name: torch.from_numpy(values) for name, values in labels.items()}
     columns = {name: column(name, np.float64) for name in schema.truth}
     if schema.user_field is not None:
         columns["user"] = sparse[:, schema.sparse_names.index(schema.user_field)].copy()
