@@ -73,6 +73,11 @@ def test_cross_field_rules():
     assert "lr_scheduler.total_steps (10) is shorter than runtime.max_train_steps" in \
         error_of(E3, {"lr_scheduler.total_steps": 10})
     assert "negative down-sampling must be off" in error_of(E3, {"data.neg_keep_prob_train": 0.5})
+    assert "runtime.best_selection.mode: 'loss' is lower is better, so the mode must be 'min'" in \
+        error_of(E3, {"runtime.best_selection.primary_key": "loss"})
+    assert load_experiment(E3, {"runtime.best_selection.primary_key": "logloss_ctcvr",
+                                "runtime.best_selection.mode": "min"}).runtime.best_selection.mode == "min"
+    assert error_of(E3, {"data.source": "dir"}) == "config error: data.path: required when data.source is 'dir'"
     assert "model.ple.shared_num_experts is 3 but model.ple.experts.shared lists 4" in error_of(
         REPO / "configs/experiments/mtl_funnel/E5_deepfm_ple_lite_hetero_esmm.yaml", {"model.ple.shared_num_experts": 3})
 

@@ -168,10 +168,6 @@ def resolve_experiment(path: str | Path, overrides: Mapping[str, Any] | None = N
     return validate_experiment(data, provenance), provenance
 
 
-def config_to_dict(config: BaseModel) -> dict:
-    return config.model_dump(mode="json")
-
-
 def dump_yaml(data: Mapping) -> str:
     return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
 
@@ -208,7 +204,7 @@ def _describe(err: dict, root: type[BaseModel], provenance: Provenance) -> str:
         what = f"must be one of {expected}, got {value!r}{did_you_mean(value, options)}"
     else:
         what = err["msg"].removeprefix("Value error, ")
-    if not dotted:  # a whole-config check: its message names its keys
+    if not dotted or what.startswith(dotted + "."):  # a section's own check names its keys
         return what
     source = source_of(dotted, provenance)
     if source and Path(source).is_file():

@@ -4,6 +4,7 @@ about types, so a typo or a wrong type fails on load with its dotted path."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -13,6 +14,17 @@ TASK_NAMES = ("ctr", "cvr")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+def registered(field: str, module: str, registry: str):
+    """A validator accepting only names registered in `module.registry` (imported lazily,
+    so loading a config does not build models)."""
+
+    def check(cls, value: str) -> str:
+        getattr(importlib.import_module(module), registry).check(value)
+        return value
+
+    return field_validator(field)(classmethod(check))
 
 
 # ----------------------------------------------------------------------------- data
@@ -42,13 +54,7 @@ class DataConfig(Strict):
     neg_keep_prob_train: float = Field(1.0, gt=0.0, le=1.0)
     train_subset: Literal["all", "clicked"] = "all"
 
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        from recsmith.data.sources import SOURCES
-
-        SOURCES.check(value)
-        return value
+    _check_source = registered("source", "recsmith.data.sources", "SOURCES")
 
     @model_validator(mode="after")
     def _path_when_needed(self):
@@ -68,13 +74,7 @@ class MMoEConfig(Strict):
     gate_type: str = "linear"
     expert_hidden_dims: list[int] = [128, 64]
 
-    @field_validator("gate_type")
-    @classmethod
-    def _known_gate(cls, value: str) -> str:
-        from recsmith.models.layers.gates import GATES
-
-        GATES.check(value)
-        return value
+    _check_gate_type = registered("gate_type", "recsmith.models.layers.gates", "GATES")
 
 
 class ExpertSpec(Strict):
@@ -84,13 +84,7 @@ class ExpertSpec(Strict):
     hidden_dims: Optional[list[int]] = None
     num_layers: Optional[int] = Field(None, ge=1, le=16)
 
-    @field_validator("type")
-    @classmethod
-    def _known_type(cls, value: str) -> str:
-        from recsmith.models.layers.experts import EXPERTS
-
-        EXPERTS.check(value)
-        return value
+    _check_type = registered("type", "recsmith.models.layers.experts", "EXPERTS")
 
     @model_validator(mode="after")
     def _fields_for_type(self):
@@ -124,13 +118,7 @@ class PLEConfig(Strict):
     expert_dim: int = Field(64, ge=1, le=4096, description="common output width of hetero experts")
     expert_output_align: AlignerConfig = Field(default_factory=AlignerConfig)
 
-    @field_validator("gate_type")
-    @classmethod
-    def _known_gate(cls, value: str) -> str:
-        from recsmith.models.layers.gates import GATES
-
-        GATES.check(value)
-        return value
+    _check_gate_type = registered("gate_type", "recsmith.models.layers.gates", "GATES")
 
     @model_validator(mode="after")
     def _hetero_consistent(self):
@@ -165,21 +153,9 @@ class ModelConfig(Strict):
     mmoe: MMoEConfig = Field(default_factory=MMoEConfig)
     ple: PLEConfig = Field(default_factory=PLEConfig)
 
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, value: str) -> str:
-        from recsmith.models.backbones import BACKBONES
+    _check_backbone = registered("backbone", "recsmith.models.backbones", "BACKBONES")
 
-        BACKBONES.check(value)
-        return value
-
-    @field_validator("mtl")
-    @classmethod
-    def _known_structure(cls, value: str) -> str:
-        from recsmith.models.structures import STRUCTURES
-
-        STRUCTURES.check(value)
-        return value
+    _check_mtl = registered("mtl", "recsmith.models.structures", "STRUCTURES")
 
     @field_validator("enabled_heads", "tasks")
     @classmethod
@@ -345,13 +321,19 @@ class ExperimentConfig(Strict):
 
     def _check_primary_key(self) -> None:
         from recsmith.errors import did_you_mean
-        from recsmith.metrics.funnel import selectable_metrics
+        from recsmith.metrics.funnel import LOWER_IS_BETTER, selectable_metrics
 
-        key = self.runtime.best_selection.primary_key
+        key, mode = self.runtime.best_selection.primary_key, self.runtime.best_selection.mode
         allowed = selectable_metrics(self.model.enabled_heads, self.data.source == "synthetic")
         if key not in allowed:
             raise ValueError(
                 f"runtime.best_selection.primary_key: '{key}' is not a metric of this experiment "
                 f"(heads {self.model.enabled_heads}; choose from {', '.join(allowed)})"
                 f"{did_you_mean(key, allowed)}"
+            )
+        expected = "min" if key in LOWER_IS_BETTER else "max"
+        if mode != expected:
+            raise ValueError(
+                f"runtime.best_selection.mode: '{key}' is {'lower' if expected == 'min' else 'higher'}"
+                f" is better, so the mode must be '{expected}', not '{mode}'"
             )

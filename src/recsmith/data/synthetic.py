@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsmith.data.schema import SPLITS, DatasetSchema, DenseField, SparseField
+from recsmith.data.schema import SPLITS, VOCAB_FILE, DatasetSchema, DenseField, SparseField
 
 GENERATOR_VERSION = 1
 NUM_USERS, NUM_ITEMS = 100_000, 50_000
@@ -328,7 +328,7 @@ class SyntheticFunnel:
         schema = self.schema(split_rows)
         schema.save(directory)
         vocab = {s.name: {"size": s.vocab + 1, "encoding": "raw id + 1; 0 = unknown"} for s in FIELDS}
-        (directory / "vocab.json").write_text(json.dumps(vocab, indent=2) + "\n")
+        (directory / VOCAB_FILE).write_text(json.dumps(vocab, indent=2) + "\n")
         return schema
 
 

@@ -93,9 +93,6 @@ class ResolvedChain:
     experiments: list[ResolvedExperiment]
     output_dir: Path
 
-    def experiment(self, exp_id: str) -> ResolvedExperiment:
-        return next(e for e in self.experiments if e.id == exp_id)
-
     def select(self, only: list[str] | None = None, skip: list[str] | None = None) -> list[ResolvedExperiment]:
         ids = [e.id for e in self.experiments]
         for flag, chosen in (("--only", only or []), ("--skip", skip or [])):
