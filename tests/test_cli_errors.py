@@ -36,7 +36,7 @@ def test_missing_dataset_path(tmp_path):
     result = run_cli("train", E3, "--run-dir", run_dir, "--set", "data.source=dir",
                      "--set", f"data.path={tmp_path / 'nowhere'}")
     assert_one_clean_line(result, f"data error: data.path: dataset directory not found: {tmp_path / 'nowhere'}")
-    assert not (run_dir / "ckpt_last.pt").exists()
+    assert not run_dir.exists()
 
 
 def test_missing_config_file(tmp_path):
@@ -72,6 +72,9 @@ def test_chain_rejects_bad_overrides_and_unknown_ids(tmp_path):
 
 
 def test_chain_validate_prints_locked_fields_and_diffs():
+    paper = run_cli("chain", "validate", CHAIN.with_name("mtl_funnel_paper.yaml"))
+    assert paper.returncode == 0, paper.stderr
+    assert "✓ runtime.max_train_steps: 40000" in paper.stdout and "✓ runtime.amp: True" in paper.stdout
     result = run_cli("chain", "validate", CHAIN)
     assert result.returncode == 0, result.stderr
     assert "7 experiments, all valid" in result.stdout

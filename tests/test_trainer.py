@@ -7,6 +7,7 @@ import torch
 
 from recsmith.config.loader import validate_experiment
 from recsmith.errors import TrainingError
+from recsmith.data.sources import resolve_dataset
 from recsmith.train.run import load_training_data, train_run
 from recsmith.train.trainer import BestTracker
 
@@ -42,7 +43,7 @@ def test_clicked_subset_trains_on_clicks_only():
     cfg = validate_experiment(tiny_experiment(**{
         "data.train_subset": "clicked", "model.mtl": "single", "model.enabled_heads": ["cvr"],
         "model.tasks": ["cvr"], "runtime.best_selection.primary_key": "auc_cvr"}))
-    _, _, train, valid = load_training_data(cfg)
+    _, train, valid = load_training_data(cfg, resolve_dataset(cfg.data))
     assert bool((train.labels["click"] == 1).all())
     assert float(valid.labels["click"].mean()) < 0.5  # evaluation keeps every impression
 

@@ -24,7 +24,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect datasets.
 app.add_typer(chain_app, name="chain")
 app.add_typer(data_app, name="data")
 
-console = Console(stderr=False)
+console = Console(soft_wrap=True)  # long paths and commands stay on one line
 SetOption = typer.Option(None, "--set", help="Override a config key: dotted.key=value (repeatable).")
 
 

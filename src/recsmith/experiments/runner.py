@@ -78,14 +78,12 @@ class ChainRunner:
                 raise ChainError(f"{display_path(out)} already holds runs of {', '.join(taken)}: "
                                  "pass --resume to continue them, or --output another dir")
         self._prepare_data(selected)
-        outcomes: list[Outcome] = []
         code = 0
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=self.console, transient=False) as progress:
             overall = progress.add_task(f"chain {self.chain.spec.name}", total=len(selected))
             for exp in selected:
                 outcome = self._run_one(exp, resume, progress)
-                outcomes.append(outcome)
                 progress.advance(overall)
                 self._announce(exp, outcome)
                 if outcome.status not in ("success", "skipped"):
@@ -93,14 +91,14 @@ class ChainRunner:
                     break
         rows = build_summary(self.chain)
         paths = write_summary(self.chain, rows)
-        self._report(rows, paths, outcomes)
+        self._report(rows, paths)
         return code
 
     def _prepare_data(self, selected: list[ResolvedExperiment]) -> None:
         seen = set()
         for exp in selected:
-            key = repr(exp.config.data.model_dump(exclude={"batch_size", "eval_batch_size",
-                                                           "neg_keep_prob_train", "train_subset"}))
+            data = exp.config.data
+            key = (data.source, data.path, data.seed, data.synthetic.model_dump_json())
             if key in seen:
                 continue
             seen.add(key)
@@ -124,6 +122,8 @@ class ChainRunner:
         max_steps = exp.config.runtime.max_train_steps
         task = progress.add_task(f"{exp.id} {exp.description}", total=max_steps)
         started = time.time()
+        # time of earlier sessions that ended normally (a SIGKILLed one recorded none)
+        earlier = ((run.read_json(run.status) or {}).get("wall_seconds") or 0.0) if resume else 0.0
         status = {"exp_id": exp.id, "status": "running", "command": command,
                   "started": dt.datetime.now().isoformat(timespec="seconds")}
         write_json_atomic(run.status, status)
@@ -137,7 +137,7 @@ class ChainRunner:
         wall = time.time() - started
         progress.update(task, completed=self._last_step(run))
         outcome = Outcome(exp.id, result, child.returncode, wall)
-        status.update(status=result, returncode=child.returncode, wall_seconds=round(wall, 2),
+        status.update(status=result, returncode=child.returncode, wall_seconds=round(earlier + wall, 2),
                       ended=dt.datetime.now().isoformat(timespec="seconds"))
         if result != "success":
             status.update(self._diagnose(exp, run, outcome))
@@ -204,7 +204,7 @@ class ChainRunner:
         c.print(f"[bold]fix:[/] {hint}", markup=True)
         return {"pattern": pattern, "hint": hint}
 
-    def _report(self, rows: list[dict], paths, outcomes: list[Outcome]) -> None:
+    def _report(self, rows: list[dict], paths) -> None:
         from rich.table import Table
 
         table = Table(title=f"chain {self.chain.spec.name} (test split, best checkpoint)")

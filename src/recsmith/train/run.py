@@ -44,13 +44,12 @@ def attach_log_file(run: RunDir) -> logging.Handler:
     return handler
 
 
-def load_training_data(cfg, progress=None) -> tuple[Path, DatasetSchema, SplitData, SplitData]:
-    dataset_dir = resolve_dataset(cfg.data, progress)
+def load_training_data(cfg, dataset_dir: Path) -> tuple[DatasetSchema, SplitData, SplitData]:
     schema = DatasetSchema.load(dataset_dir)
     train, valid = load_split(dataset_dir, schema, "train"), load_split(dataset_dir, schema, "valid")
     if cfg.data.train_subset == "clicked":
         train = train.subset(train.labels["click"].numpy() > 0)
-    return dataset_dir, schema, train, valid
+    return schema, train, valid
 
 
 def train_run(cfg, run_path: str | Path, resume: bool = False,
@@ -60,16 +59,17 @@ def train_run(cfg, run_path: str | Path, resume: bool = False,
     run = RunDir(run_path)
     if run.has_run() and not resume:
         raise ConfigError(f"run dir {run.path} already holds a run: pass --resume, or choose another dir")
+    dataset_dir = resolve_dataset(cfg.data, data_progress)  # bad data fails before the run dir exists
     run.create()
     handler = attach_log_file(run)
     try:
-        return _train(cfg, run, resume, on_step, data_progress)
+        return _train(cfg, run, resume, on_step, dataset_dir)
     finally:
         logging.getLogger("recsmith").removeHandler(handler)
         handler.close()
 
 
-def _train(cfg, run: RunDir, resume: bool, on_step, data_progress) -> dict:
+def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     config_yaml = dump_yaml(cfg.model_dump(mode="json"))
     checkpoint = None
     if resume and run.eval.exists():
@@ -87,7 +87,7 @@ def _train(cfg, run: RunDir, resume: bool, on_step, data_progress) -> dict:
     precision = resolve_precision(cfg.runtime.amp, device)
     write_json_atomic(run.env, environment(device, precision.describe()))
 
-    dataset_dir, schema, train, valid = load_training_data(cfg, data_progress)
+    schema, train, valid = load_training_data(cfg, dataset_dir)
     model = build_model(schema, cfg).to(device)
     loss_fn = build_loss(cfg)
     stream = TrainStream(train, cfg.data.batch_size, seed=cfg.runtime.seed,
