@@ -81,3 +81,14 @@ def test_chain_validate_prints_locked_fields_and_diffs():
     assert "✓ data.batch_size: 1024" in result.stdout
     assert "model.mtl: 'sharedbottom' → 'mmoe'" in result.stdout
     assert "model.ple.hetero_enabled: False → True" in result.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["bogus"], "No such command 'bogus'"),
+    (["chain", "run"], "Missing argument 'chain'"),
+    (["train", "x.yaml", "--bogus"], "No such option: --bogus"),
+])
+def test_usage_errors_are_short(args, expected):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert expected in result.stderr and "Traceback" not in result.stderr
