@@ -86,7 +86,7 @@ def toy_split(n=1000):
     from recsmith.data.batches import SplitData
 
     return SplitData(torch.arange(n, dtype=torch.int32)[:, None], torch.zeros(n, 1),
-                     {"click": (torch.arange(n) % 10 == 0).float()}, {})
+                     {"click": (torch.arange(n) % 10 == 0).float()}, {}, {})
 
 
 def test_each_epoch_is_a_fresh_permutation_and_positions_resume():
@@ -131,7 +131,7 @@ def _rewrite(path, column, values):
 @pytest.mark.parametrize("column, make_bad, message", [
     ("item_price", lambda v: np.where(np.arange(len(v)) < 3, np.nan, v), "dense field 'item_price' has 3 NaN"),
     ("click", lambda v: np.full(len(v), 2), "label 'click' has values other than 0 and 1"),
-    ("conversion", lambda v: np.ones(len(v)), "rows have conversion = 1 without a click"),
+    ("conversion", lambda v: np.ones(len(v)), "rows have conversion = 1 where click = 0"),
     ("item_id", lambda v: v + 10**6, "field 'item_id' has ids outside"),
 ])
 def test_malformed_data_is_rejected_with_its_path(tmp_path, column, make_bad, message):

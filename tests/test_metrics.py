@@ -8,6 +8,9 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from recsmith.metrics import auc, calibration, gauc, logloss
 from recsmith.metrics.funnel import funnel_metrics, metric_names
+from recsmith.tasks import FUNNEL_TASKS
+
+TASKS = {t.name: t for t in FUNNEL_TASKS}
 
 
 def brute_force_auc(y, s):
@@ -79,7 +82,7 @@ def test_funnel_metrics_use_the_right_rows():
     user = rng.integers(0, 50, n)
     truth = {"true_ctr": rng.random(n), "true_cvr": rng.random(n),
              "conversion_if_clicked": (rng.random(n) < 0.3).astype(float), "user": user}
-    out = funnel_metrics({"ctr": p_ctr, "cvr": p_cvr}, {"click": click, "conversion": conversion}, truth)
+    out = funnel_metrics({"ctr": p_ctr, "cvr": p_cvr}, {"click": click, "conversion": conversion}, truth, TASKS)
     clicked = click > 0
     assert out["auc_ctr"] == pytest.approx(roc_auc_score(click, p_ctr))
     assert out["auc_cvr"] == pytest.approx(roc_auc_score(conversion[clicked], p_cvr[clicked]))
@@ -88,5 +91,5 @@ def test_funnel_metrics_use_the_right_rows():
     assert out["auc_cvr_entire"] == pytest.approx(roc_auc_score(truth["conversion_if_clicked"], p_cvr))
     assert out["gauc_cvr"] == pytest.approx(brute_force_gauc(conversion[clicked], p_cvr[clicked], user[clicked]))
     assert set(out) == set(metric_names(["ctr", "cvr"], synthetic=True))
-    only_ctr = funnel_metrics({"ctr": p_ctr}, {"click": click, "conversion": conversion}, truth)
+    only_ctr = funnel_metrics({"ctr": p_ctr}, {"click": click, "conversion": conversion}, truth, TASKS)
     assert set(only_ctr) == set(metric_names(["ctr"], synthetic=True))

@@ -10,12 +10,14 @@ from recsmith.models.layers.crossnet import CrossNetV2
 from recsmith.models.layers.embedding import FeatureEmbedding
 from recsmith.models.layers.fm import FMInteraction
 from recsmith.models.ranking import build_model
+from recsmith.tasks import FUNNEL_TASKS
 from recsmith.train.losses import build_loss
 
 SCHEMA = DatasetSchema(
     name="toy", source="test",
     sparse=[SparseField("user", 50, "user"), SparseField("item", 30, "item"), SparseField("ctx", 5)],
     dense=[DenseField("d0"), DenseField("d1")], labels=["click", "conversion"], user_field="user",
+    tasks=list(FUNNEL_TASKS),
 )
 HETERO = {
     "hetero_enabled": True, "shared_num_experts": 3, "specific_num_experts": {"ctr": 1, "cvr": 1},
@@ -88,7 +90,7 @@ def test_gates_are_distributions(name):
 def test_gradient_reaches_every_parameter(name):
     cfg, model = make(name)
     sparse, dense, labels = toy_batch(n=256)
-    total, _ = build_loss(cfg)(model(sparse, dense), labels)
+    total, _ = build_loss(cfg, SCHEMA.task_specs)(model(sparse, dense), labels)
     total.backward()
     for pname, param in model.named_parameters():
         assert param.grad is not None, f"{pname} got no gradient"

@@ -7,6 +7,7 @@ import torch
 
 from recsmith.config.loader import validate_experiment
 from recsmith.errors import TrainingError
+from recsmith.data.schema import DatasetSchema
 from recsmith.data.sources import resolve_dataset
 from recsmith.train.run import load_training_data, train_run
 from recsmith.train.trainer import BestTracker
@@ -43,7 +44,8 @@ def test_clicked_subset_trains_on_clicks_only():
     cfg = validate_experiment(tiny_experiment(**{
         "data.train_subset": "clicked", "model.mtl": "single", "model.enabled_heads": ["cvr"],
         "model.tasks": ["cvr"], "runtime.best_selection.primary_key": "auc_cvr"}))
-    _, train, valid = load_training_data(cfg, resolve_dataset(cfg.data))
+    dataset_dir = resolve_dataset(cfg.data)
+    train, valid = load_training_data(cfg, dataset_dir, DatasetSchema.load(dataset_dir))
     assert bool((train.labels["click"] == 1).all())
     assert float(valid.labels["click"].mean()) < 0.5  # evaluation keeps every impression
 

@@ -5,11 +5,12 @@ about types, so a typo or a wrong type fails on load with its dotted path."""
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TASK_NAMES = ("ctr", "cvr")
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class Strict(BaseModel):
@@ -160,16 +161,11 @@ class ModelConfig(Strict):
     @field_validator("enabled_heads", "tasks")
     @classmethod
     def _known_tasks(cls, value: list[str]) -> list[str]:
-        from recsmith.errors import did_you_mean
-
         if not value:
             raise ValueError("must name at least one task")
         for name in value:
-            if name not in TASK_NAMES:
-                raise ValueError(
-                    f"unknown task '{name}' (choose from {', '.join(TASK_NAMES)})"
-                    f"{did_you_mean(name, TASK_NAMES)}"
-                )
+            if not TASK_NAME.match(name):
+                raise ValueError(f"task name '{name}' must be lower-case letters, digits and '_'")
         if len(set(value)) != len(value):
             raise ValueError(f"lists a task twice: {value}")
         return value
@@ -286,9 +282,10 @@ class ExperimentConfig(Strict):
                     "data.neg_keep_prob_train: ESMM is trained on the entire impression space; "
                     "negative down-sampling must be off (1.0)"
                 )
-        if self.data.train_subset == "clicked" and heads != {"cvr"}:
+        if self.data.train_subset == "clicked" and len(heads) != 1:
             raise ValueError(
-                "data.train_subset 'clicked' is for a CVR-only model (model.enabled_heads [cvr])"
+                "data.train_subset 'clicked' trains one head on the rows where its label is "
+                "observed (a CVR-only model on clicks); model.enabled_heads must name one head"
             )
         if model.mtl == "ple" and set(model.ple.specific_num_experts) != heads:
             raise ValueError(
@@ -321,7 +318,7 @@ class ExperimentConfig(Strict):
 
     def _check_primary_key(self) -> None:
         from recsmith.errors import did_you_mean
-        from recsmith.metrics.funnel import LOWER_IS_BETTER, selectable_metrics
+        from recsmith.metrics.funnel import lower_is_better, selectable_metrics
 
         key, mode = self.runtime.best_selection.primary_key, self.runtime.best_selection.mode
         allowed = selectable_metrics(self.model.enabled_heads, self.data.source == "synthetic")
@@ -331,7 +328,7 @@ class ExperimentConfig(Strict):
                 f"(heads {self.model.enabled_heads}; choose from {', '.join(allowed)})"
                 f"{did_you_mean(key, allowed)}"
             )
-        expected = "min" if key in LOWER_IS_BETTER else "max"
+        expected = "min" if lower_is_better(key) else "max"
         if mode != expected:
             raise ValueError(
                 f"runtime.best_selection.mode: '{key}' is {'lower' if expected == 'min' else 'higher'}"

@@ -13,6 +13,7 @@ import torch
 
 from recsmith.data.schema import DatasetSchema
 from recsmith.errors import DataError
+from recsmith.tasks import TaskSpec
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SplitData:
     dense: torch.Tensor  # [N, D] float32
     labels: dict[str, torch.Tensor]  # [N] float32
     columns: dict[str, np.ndarray]  # truth and grouping columns, for evaluation only
+    tasks: dict[str, TaskSpec]  # the dataset's tasks (which label each head predicts)
 
     def __len__(self) -> int:
         return self.sparse.shape[0]
@@ -53,7 +55,7 @@ class SplitData:
         index = torch.from_numpy(np.flatnonzero(mask))
         batch = self.take(index)
         return SplitData(batch.sparse, batch.dense, batch.labels,
-                         {k: v[mask] for k, v in self.columns.items()})
+                         {k: v[mask] for k, v in self.columns.items()}, self.tasks)
 
 
 def load_split(directory: str | Path, schema: DatasetSchema, split: str) -> SplitData:
@@ -88,14 +90,16 @@ def load_split(directory: str | Path, schema: DatasetSchema, split: str) -> Spli
     for name, values in labels.items():
         if not np.isin(values, (0.0, 1.0)).all():
             raise DataError(f"{path}: label '{name}' has values other than 0 and 1")
-    if "click" in labels and "conversion" in labels and (labels["conversion"] > labels["click"]).any():
-        count = int((labels["conversion"] > labels["click"]).sum())
-        raise DataError(f"{path}: {count} rows have conversion = 1 without a click")
+    for task in schema.tasks:
+        if task.observed_when:
+            count = int((labels[task.label] > labels[task.observed_when]).sum())
+            if count:
+                raise DataError(f"{path}: {count} rows have {task.label} = 1 where {task.observed_when} = 0")
     labels = {name: torch.from_numpy(values) for name, values in labels.items()}
     columns = {name: column(name, np.float64) for name in schema.truth}
     if schema.user_field is not None:
         columns["user"] = sparse[:, schema.sparse_names.index(schema.user_field)].copy()
-    return SplitData(torch.from_numpy(sparse), torch.from_numpy(dense), labels, columns)
+    return SplitData(torch.from_numpy(sparse), torch.from_numpy(dense), labels, columns, schema.task_specs)
 
 
 class TrainStream:

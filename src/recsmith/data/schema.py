@@ -15,11 +15,12 @@ from pathlib import Path
 
 from recsmith.atomic import write_json_atomic
 from recsmith.errors import DataError
+from recsmith.tasks import TaskSpec
 
 SCHEMA_FILE = "schema.json"
 VOCAB_FILE = "vocab.json"
 SPLITS = ("train", "valid", "test")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class DatasetSchema:
     sparse: list[SparseField]
     dense: list[DenseField]
     labels: list[str]  # label columns, e.g. ["click", "conversion"]
+    tasks: list[TaskSpec]  # the heads this dataset can train, e.g. ctr (click), cvr (conversion | click)
     user_field: str | None = None  # the field GAUC groups by
     truth: list[str] = field(default_factory=list)  # ground-truth columns, never features
     split_rows: dict[str, int] = field(default_factory=dict)
@@ -56,6 +58,14 @@ class DatasetSchema:
             raise DataError(f"schema '{self.name}' names these columns twice: {duplicates}")
         if self.user_field is not None and self.user_field not in self.sparse_names:
             raise DataError(f"schema user_field '{self.user_field}' is not a sparse field")
+        for task in self.tasks:
+            for column in (task.label, task.observed_when):
+                if column is not None and column not in self.labels:
+                    raise DataError(f"schema task '{task.name}' names '{column}', which is not a label")
+
+    @property
+    def task_specs(self) -> dict[str, TaskSpec]:
+        return {task.name: task for task in self.tasks}
 
     @property
     def sparse_names(self) -> list[str]:
@@ -80,6 +90,7 @@ class DatasetSchema:
             raise DataError(f"schema version {version} is not supported (expected {SCHEMA_VERSION})")
         data["sparse"] = [SparseField(**f) for f in data["sparse"]]
         data["dense"] = [DenseField(**f) for f in data["dense"]]
+        data["tasks"] = [TaskSpec(**t) for t in data["tasks"]]
         return cls(**data)
 
     def save(self, directory: Path) -> None:

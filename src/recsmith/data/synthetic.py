@@ -36,8 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsmith.data.schema import SPLITS, VOCAB_FILE, DatasetSchema, DenseField, SparseField
+from recsmith.tasks import FUNNEL_TASKS
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 NUM_USERS, NUM_ITEMS = 100_000, 50_000
 CHUNK_ROWS = 250_000
 CALIBRATION_ROWS = 200_000
@@ -294,6 +295,7 @@ class SyntheticFunnel:
             sparse=[SparseField(s.name, s.vocab + 1, s.entity) for s in FIELDS],
             dense=[DenseField(name) for name in DENSE],
             labels=list(LABELS),
+            tasks=list(FUNNEL_TASKS),
             user_field="user_id",
             truth=list(TRUTH),
             split_rows=split_rows,

@@ -18,6 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recsmith.atomic import write_json_atomic, write_text_atomic
 from recsmith.config.loader import display_path, dump_yaml
+from recsmith.data.compatibility import check_experiment_fits
+from recsmith.data.schema import DatasetSchema
 from recsmith.data.sources import resolve_dataset
 from recsmith.errors import ChainError
 from recsmith.experiments.chain import ResolvedChain, ResolvedExperiment, diff_from_base
@@ -95,19 +97,19 @@ class ChainRunner:
         return code
 
     def _prepare_data(self, selected: list[ResolvedExperiment]) -> None:
-        seen = set()
+        """Prepare each distinct dataset once, and check every experiment fits its dataset."""
+        schemas: dict[tuple, DatasetSchema] = {}
         for exp in selected:
             data = exp.config.data
             key = (data.source, data.path, data.seed, data.synthetic.model_dump_json())
-            if key in seen:
-                continue
-            seen.add(key)
-            with Progress(TextColumn("preparing data"), BarColumn(), MofNCompleteColumn(),
-                          console=self.console, transient=True) as progress:
-                task = progress.add_task("data", total=None)
-                path = resolve_dataset(exp.config.data,
-                                       lambda done, total: progress.update(task, completed=done, total=total))
-            self.console.print(f"dataset: {display_path(path)}")
+            if key not in schemas:
+                with Progress(TextColumn("preparing data"), BarColumn(), MofNCompleteColumn(),
+                              console=self.console, transient=True) as progress:
+                    task = progress.add_task("data", total=None)
+                    path = resolve_dataset(data, lambda done, total: progress.update(task, completed=done, total=total))
+                self.console.print(f"dataset: {display_path(path)}")
+                schemas[key] = DatasetSchema.load(path)
+            check_experiment_fits(exp.config, schemas[key])
 
     def _run_one(self, exp: ResolvedExperiment, resume: bool, progress: Progress) -> Outcome:
         run = RunDir(self.chain.output_dir / exp.id)

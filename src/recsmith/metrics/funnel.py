@@ -24,10 +24,13 @@ import numpy as np
 
 from recsmith.metrics.auc import auc, gauc
 from recsmith.metrics.classification import calibration, logloss
-from recsmith.tasks import TASKS
+from recsmith.tasks import TaskSpec, esmm_pair
 
 PER_TASK = ("auc", "gauc", "logloss", "calibration")
-LOWER_IS_BETTER = {"loss"} | {f"logloss_{t}" for t in ("ctr", "cvr", "ctcvr")}
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric == "loss" or metric.startswith("logloss_")
 
 
 def metric_names(heads: list[str], synthetic: bool) -> list[str]:
@@ -60,22 +63,24 @@ def oracle_metrics(labels: Mapping[str, np.ndarray], truth: Mapping[str, np.ndar
 
 
 def funnel_metrics(probs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
-                   columns: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Metrics for the heads present in `probs` ("ctr", "cvr" → probabilities).
+                   columns: Mapping[str, np.ndarray], tasks: Mapping[str, TaskSpec]) -> dict[str, float]:
+    """Metrics for the heads present in `probs` (head name → probabilities).
 
-    `labels` holds click and conversion; `columns` may hold "user" (for GAUC) and the
-    synthetic truth columns (true_ctr, true_cvr, conversion_if_clicked).
+    `tasks` says which label each head predicts and where it is observed; `columns` may
+    hold "user" (for GAUC) and the synthetic truth columns (true_ctr, true_cvr,
+    conversion_if_clicked).
     """
     out: dict[str, float] = {}
     user = columns.get("user")
     targets = dict(probs)
-    if "ctr" in probs and "cvr" in probs:
+    funnel = esmm_pair({name: tasks[name] for name in probs})
+    if funnel:
         targets["ctcvr"] = probs["ctr"] * probs["cvr"]
     for target, p in targets.items():
         if target == "ctcvr":
-            y, rows = labels["click"] * labels["conversion"], None
+            y, rows = labels[funnel[0].label] * labels[funnel[1].label], None
         else:
-            spec = TASKS[target]
+            spec = tasks[target]
             y = labels[spec.label]
             rows = labels[spec.observed_when] > 0 if spec.observed_when else None
         yy, pp = (y, p) if rows is None else (y[rows], p[rows])
@@ -84,8 +89,9 @@ def funnel_metrics(probs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndar
         out[f"logloss_{target}"] = logloss(yy, pp)
         out[f"calibration_{target}"] = calibration(yy, pp)
     if "cvr" in probs:
-        observed = labels[TASKS["cvr"].observed_when] > 0
-        out["auc_cvr_masked"] = auc(labels["conversion"][observed], probs["cvr"][observed])
+        spec = tasks["cvr"]
+        observed = labels[spec.observed_when] > 0 if spec.observed_when else np.ones(len(probs["cvr"]), bool)
+        out["auc_cvr_masked"] = auc(labels[spec.label][observed], probs["cvr"][observed])
         if "conversion_if_clicked" in columns:
             out["auc_cvr_entire"] = auc(columns["conversion_if_clicked"], probs["cvr"])
     return out

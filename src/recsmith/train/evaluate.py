@@ -37,7 +37,7 @@ def evaluate(model, loss_fn, data: SplitData, batch_size: int, device: torch.dev
     loss, _ = loss_fn(logits, data.labels)
     probs = {t: torch.sigmoid(v).double().numpy() for t, v in logits.items()}
     labels = {k: v.numpy() for k, v in data.labels.items()}
-    metrics = funnel_metrics(probs, labels, data.columns)
+    metrics = funnel_metrics(probs, labels, data.columns, data.tasks)
     metrics["loss"] = float(loss)
     metrics["auc_primary"] = metrics[primary_key]
     if "true_ctr" in data.columns:

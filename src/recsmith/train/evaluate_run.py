@@ -6,6 +6,7 @@ from pathlib import Path
 
 from recsmith.config.loader import load_experiment
 from recsmith.data.batches import load_split
+from recsmith.data.compatibility import check_experiment_fits
 from recsmith.data.schema import SPLITS, DatasetSchema
 from recsmith.data.sources import resolve_dataset
 from recsmith.errors import ConfigError, DataError
@@ -31,10 +32,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") 
     state = load_checkpoint(run.ckpt_best if which == "best" else run.ckpt_last)
     dataset_dir = resolve_dataset(cfg.data)
     schema = DatasetSchema.load(dataset_dir)
+    check_experiment_fits(cfg, schema)
     model = build_model(schema, cfg)
     model.load_state_dict(state["model"])
     device = resolve_device(cfg.runtime.device)
     data = load_split(dataset_dir, schema, split)
-    metrics, _ = evaluate(model.to(device), build_loss(cfg), data, cfg.data.eval_batch_size, device,
+    metrics, _ = evaluate(model.to(device), build_loss(cfg, schema.task_specs), data, cfg.data.eval_batch_size, device,
                           resolve_precision(cfg.runtime.amp, device), cfg.runtime.best_selection.primary_key)
     return {"step": state["step"], **metrics}

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from recsmith.tasks import TASKS
+from recsmith.tasks import TaskSpec, esmm_pair
 
 Tensor = torch.Tensor
 
@@ -35,22 +35,22 @@ def bce_from_log_prob(log_p: Tensor, target: Tensor) -> Tensor:
     return -(target * log_p.clamp(min=-100.0) + (1.0 - target) * log1mexp(log_p).clamp(min=-100.0))
 
 
-def task_term(logits: dict[str, Tensor], labels: dict[str, Tensor], task: str) -> Tensor:
+def task_term(logits: dict[str, Tensor], labels: dict[str, Tensor], spec: TaskSpec) -> Tensor:
     """BCE of one task's head on the rows where its label is observed."""
-    spec = TASKS[task]
     mask = labels[spec.observed_when] > 0 if spec.observed_when else None
-    values = F.binary_cross_entropy_with_logits(logits[task], labels[spec.label], reduction="none")
+    values = F.binary_cross_entropy_with_logits(logits[spec.name], labels[spec.label], reduction="none")
     return masked_mean(values, mask)
 
 
 class MultiTaskLoss:
     """Σ_t BCE_t: each head trained on the rows where its label is observed (CVR: clicks)."""
 
-    def __init__(self, tasks: list[str]):
-        self.required_logits = list(tasks)
+    def __init__(self, tasks: list[TaskSpec]):
+        self.tasks = list(tasks)
+        self.required_logits = [t.name for t in self.tasks]
 
     def __call__(self, logits: dict[str, Tensor], labels: dict[str, Tensor]):
-        terms = {f"loss_{t}": task_term(logits, labels, t) for t in self.required_logits}
+        terms = {f"loss_{t.name}": task_term(logits, labels, t) for t in self.tasks}
         return sum(terms.values()), terms
 
 
@@ -65,11 +65,12 @@ class ESMMLoss:
 
     required_logits = ["ctr", "cvr"]
 
-    def __init__(self, lambda_cvr_aux: float):
+    def __init__(self, ctr: TaskSpec, cvr: TaskSpec, lambda_cvr_aux: float):
+        self.ctr, self.cvr = ctr, cvr
         self.lambda_cvr_aux = float(lambda_cvr_aux)
 
     def __call__(self, logits: dict[str, Tensor], labels: dict[str, Tensor]):
-        click, conversion = labels["click"], labels["conversion"]
+        click, conversion = labels[self.ctr.label], labels[self.cvr.label]
         log_ctcvr = F.logsigmoid(logits["ctr"]) + F.logsigmoid(logits["cvr"])
         terms = {
             "loss_ctr": F.binary_cross_entropy_with_logits(logits["ctr"], click),
@@ -77,13 +78,13 @@ class ESMMLoss:
         }
         total = terms["loss_ctr"] + terms["loss_ctcvr"]
         if self.lambda_cvr_aux > 0:
-            terms["loss_cvr_aux"] = task_term(logits, labels, "cvr")
+            terms["loss_cvr_aux"] = task_term(logits, labels, self.cvr)
             total = total + self.lambda_cvr_aux * terms["loss_cvr_aux"]
         return total, terms
 
 
-def build_loss(cfg):
-    """The loss an ExperimentConfig describes."""
+def build_loss(cfg, tasks: dict[str, TaskSpec]):
+    """The loss an ExperimentConfig describes, for a dataset's tasks (checked to fit)."""
     if cfg.use_esmm:
-        return ESMMLoss(cfg.esmm.lambda_cvr_aux)
-    return MultiTaskLoss(cfg.model.enabled_heads)
+        return ESMMLoss(*esmm_pair(tasks), cfg.esmm.lambda_cvr_aux)
+    return MultiTaskLoss([tasks[head] for head in cfg.model.enabled_heads])

@@ -12,6 +12,7 @@ import torch
 from recsmith.atomic import write_json_atomic, write_text_atomic
 from recsmith.config.loader import dump_yaml
 from recsmith.data.batches import SplitData, TrainStream, load_split
+from recsmith.data.compatibility import check_experiment_fits
 from recsmith.data.schema import DatasetSchema
 from recsmith.data.sources import resolve_dataset
 from recsmith.env_info import environment
@@ -44,12 +45,12 @@ def attach_log_file(run: RunDir) -> logging.Handler:
     return handler
 
 
-def load_training_data(cfg, dataset_dir: Path) -> tuple[DatasetSchema, SplitData, SplitData]:
-    schema = DatasetSchema.load(dataset_dir)
+def load_training_data(cfg, dataset_dir: Path, schema: DatasetSchema) -> tuple[SplitData, SplitData]:
     train, valid = load_split(dataset_dir, schema, "train"), load_split(dataset_dir, schema, "valid")
-    if cfg.data.train_subset == "clicked":
-        train = train.subset(train.labels["click"].numpy() > 0)
-    return schema, train, valid
+    if cfg.data.train_subset == "clicked":  # the head's label exists only where it is observed
+        observed_when = schema.task_specs[cfg.model.enabled_heads[0]].observed_when
+        train = train.subset(train.labels[observed_when].numpy() > 0)
+    return train, valid
 
 
 def train_run(cfg, run_path: str | Path, resume: bool = False,
@@ -60,6 +61,7 @@ def train_run(cfg, run_path: str | Path, resume: bool = False,
     if run.has_run() and not resume:
         raise ConfigError(f"run dir {run.path} already holds a run: pass --resume, or choose another dir")
     dataset_dir = resolve_dataset(cfg.data, data_progress)  # bad data fails before the run dir exists
+    check_experiment_fits(cfg, DatasetSchema.load(dataset_dir))
     run.create()
     handler = attach_log_file(run)
     try:
@@ -87,11 +89,12 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     precision = resolve_precision(cfg.runtime.amp, device)
     write_json_atomic(run.env, environment(device, precision.describe()))
 
-    schema, train, valid = load_training_data(cfg, dataset_dir)
+    schema = DatasetSchema.load(dataset_dir)
+    train, valid = load_training_data(cfg, dataset_dir, schema)
     model = build_model(schema, cfg).to(device)
-    loss_fn = build_loss(cfg)
+    loss_fn = build_loss(cfg, schema.task_specs)
     stream = TrainStream(train, cfg.data.batch_size, seed=cfg.runtime.seed,
-                         keep_negatives=cfg.data.neg_keep_prob_train)
+                         keep_negatives=cfg.data.neg_keep_prob_train, label=schema.tasks[0].label)
     trainer = Trainer(cfg, run, model, loss_fn, stream, valid, device, precision)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
