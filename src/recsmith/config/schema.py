@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -54,13 +54,15 @@ class DataConfig(Strict):
     seed: int = 20260127
     neg_keep_prob_train: float = Field(1.0, gt=0.0, le=1.0)
     train_subset: Literal["all", "clicked"] = "all"
+    options: dict[str, Any] = {}  # source-specific, validated by the source
+    max_bad_rows: float = Field(0.001, ge=0.0, le=1.0)  # share of malformed raw rows tolerated
 
     _check_source = registered("source", "recsmith.data.sources", "SOURCES")
 
     @model_validator(mode="after")
     def _path_when_needed(self):
-        if self.source == "dir" and not self.path:
-            raise ValueError("data.path: required when data.source is 'dir'")
+        if self.source in ("dir", "table") and not self.path:
+            raise ValueError(f"data.path: required when data.source is '{self.source}'")
         return self
 
 

@@ -1,0 +1,94 @@
+"""The one code path from raw columns to model inputs, shared by prepare and serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from recsmith.atomic import write_json_atomic
+from recsmith.data.schema import VOCAB_FILE, DenseField, SparseField
+from recsmith.errors import DataError
+from recsmith.features.definitions import FeatureSet
+from recsmith.features.encoders import build_encoder
+
+FEATURES_FILE = "features.json"  # the definitions, beside vocab.json (the fitted encoders)
+
+
+class FeaturePipeline:
+    """Encoders for a FeatureSet: `fit` on training chunks, `finish`, then `transform`."""
+
+    def __init__(self, features: FeatureSet, states: dict | None = None):
+        self.features = features
+        self.encoders = {f.name: build_encoder(f, (states or {}).get(f.name)) for f in features.features}
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, table: pa.Table) -> None:
+        self._check_columns(table)
+        for spec in self.features.features:
+            self.encoders[spec.name].fit(table.column(spec.column))
+
+    def finish(self) -> None:
+        for encoder in self.encoders.values():
+            encoder.finish()
+
+    # --------------------------------------------------------------- applying
+    def invalid_rows(self, table: pa.Table) -> tuple[np.ndarray, list[str]]:
+        """(mask of malformed rows, a reason per malformed row), e.g. ids out of range."""
+        self._check_columns(table)
+        bad = np.zeros(table.num_rows, bool)
+        reasons = np.full(table.num_rows, "", dtype=object)
+        for spec in self.features.features:
+            mask = self.encoders[spec.name].invalid(table.column(spec.column))
+            if mask is not None and mask.any():
+                fresh = mask & ~bad
+                reasons[fresh] = f"{spec.column}: out of range for {spec.name}"
+                bad |= mask
+        return bad, list(reasons[bad])
+
+    def transform(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """Encoded columns by feature name: int32 ids (categorical), float32 (numeric)."""
+        self._check_columns(table)
+        return {f.name: self.encoders[f.name].transform(table.column(f.column)) for f in self.features.features}
+
+    def transform_records(self, records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw records (as served) → (sparse [N, F] int32, dense [N, D] float32) model inputs.
+        A missing or unseen value becomes id 0 (categorical) or the fill value (numeric)."""
+        columns = {c: [r.get(c) for r in records] for c in self.features.columns}
+        encoded = self.transform(pa.table({c: pa.array(v) for c, v in columns.items()}))
+        sparse = np.stack([encoded[f.name] for f in self.features.categorical], axis=1) if self.features.categorical \
+            else np.zeros((len(records), 0), np.int32)
+        dense = np.stack([encoded[f.name] for f in self.features.numeric], axis=1) if self.features.numeric \
+            else np.zeros((len(records), 0), np.float32)
+        return sparse, dense
+
+    def _check_columns(self, table: pa.Table) -> None:
+        missing = [c for c in self.features.columns if c not in table.column_names]
+        if missing:
+            raise DataError(f"input lacks the columns the feature definitions read: {', '.join(missing)}")
+
+    # ---------------------------------------------------------------- schema
+    def sparse_fields(self) -> list[SparseField]:
+        return [SparseField(f.name, self.encoders[f.name].size, f.entity) for f in self.features.categorical]
+
+    def dense_fields(self) -> list[DenseField]:
+        return [DenseField(f.name) for f in self.features.numeric]
+
+    # ------------------------------------------------------------ persistence
+    def save(self, directory: Path) -> None:
+        write_json_atomic(directory / FEATURES_FILE, self.features.model_dump(mode="json"))
+        states = {name: {"kind": enc.t.kind, "size": enc.size if enc.categorical else None, **enc.state()}
+                  for name, enc in self.encoders.items()}
+        write_json_atomic(directory / VOCAB_FILE, states)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FeaturePipeline":
+        directory = Path(directory)
+        try:
+            features = FeatureSet.model_validate(json.loads((directory / FEATURES_FILE).read_text()))
+            states = json.loads((directory / VOCAB_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{directory}: no readable feature definitions and encoders ({exc})") from None
+        return cls(features, states)
