@@ -185,12 +185,18 @@ def chain_summarize(chain: Path = typer.Argument(..., help="Chain file (YAML).")
 # ---------------------------------------------------------------------------- data
 @data_app.command("prepare")
 def data_prepare(config: Path = typer.Argument(..., help="Experiment config naming the data."),
-                 set_: Optional[List[str]] = SetOption) -> None:
-    """Prepare (or find in the cache) the dataset a config uses; print its oracle AUCs."""
+                 set_: Optional[List[str]] = SetOption,
+                 max_bad_rows: Optional[float] = typer.Option(
+                     None, "--max-bad-rows", min=0.0, max=1.0,
+                     help="Share of malformed raw rows tolerated (default data.max_bad_rows, 0.001).")) -> None:
+    """Prepare (or find in the cache) the dataset a config uses; print its summary."""
     from recsmith.config.loader import load_experiment
     from recsmith.data.sources import resolve_dataset
 
-    cfg = load_experiment(config, _overrides(set_))
+    overrides = _overrides(set_)
+    if max_bad_rows is not None:
+        overrides["data.max_bad_rows"] = max_bad_rows
+    cfg = load_experiment(config, overrides)
     with Progress(TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as progress:
         task = progress.add_task("data", total=None)

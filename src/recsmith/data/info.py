@@ -17,7 +17,11 @@ def describe_dataset(path: str | Path) -> str:
     lines = [f"dataset {schema.name} ({schema.source}) at {path}",
              f"  {len(schema.sparse)} sparse fields: " + ", ".join(f"{f.name}[{f.vocab_size}]" for f in schema.sparse),
              f"  {len(schema.dense)} dense fields: " + ", ".join(schema.dense_names),
-             f"  labels: {', '.join(schema.labels)}" + (f"; truth columns: {', '.join(schema.truth)}" if schema.truth else "")]
+             f"  labels: {', '.join(schema.labels)}" + (f"; truth columns: {', '.join(schema.truth)}" if schema.truth else ""),
+             "  tasks: " + ", ".join(f"{t.name} ({t.label}" + (f" | {t.observed_when})" if t.observed_when else ")")
+                                     for t in schema.tasks)]
+    if "rows_read" in schema.meta:
+        lines.append(f"  raw rows read: {schema.meta['rows_read']:,}, rejected: {schema.meta['rows_rejected']:,}")
     for split in SPLITS:
         table = pq.read_table(path / f"{split}.parquet", columns=schema.labels + schema.truth)
         cols = {name: table.column(name).to_numpy().astype("float64") for name in table.column_names}

@@ -89,4 +89,4 @@ def prepared_directory(data_cfg, progress: Progress = None) -> Path:
     return path
 
 
-from recsmith.data.sources import movielens, synthetic, table  # noqa: E402,F401  (register their sources)
+from recsmith.data.sources import census, movielens, synthetic, table  # noqa: E402,F401  (register sources)
