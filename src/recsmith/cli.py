@@ -204,6 +204,23 @@ def data_prepare(config: Path = typer.Argument(..., help="Experiment config nami
     data_info(path)
 
 
+@data_app.command("join")
+def data_join(definition: Path = typer.Argument(..., help="Join definition (YAML): the four logs and the rules."),
+              engine: Optional[str] = typer.Option(None, "--engine", help="duckdb (default) or spark."),
+              output: Optional[Path] = typer.Option(None, "--output", help="Output Parquet (default from the definition).")) -> None:
+    """Join impression, click, conversion and feature logs into labelled samples (Parquet)."""
+    from recsmith.data.join import run_join
+
+    report = run_join(definition, engine=engine, output=output)
+    counts = report.to_dict()
+    console.print(f"{counts['rows_out']:,} samples ({counts['clicked_impressions']:,} clicked, "
+                  f"{counts['converted_impressions']:,} converted) on {counts['engine']} in {counts['seconds']:.1f}s")
+    for key, value in counts.items():
+        if isinstance(value, int) and key not in ("rows_out", "clicked_impressions", "converted_impressions"):
+            console.print(f"  {key}: {value:,}")
+    console.print(f"wrote {counts['output']} and {counts['report']}")
+
+
 @data_app.command("info")
 def data_info(path: Path = typer.Argument(..., help="A prepared dataset directory.")) -> None:
     """Print a dataset's fields, split sizes, label rates and (synthetic) oracle AUCs."""
