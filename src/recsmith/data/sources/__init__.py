@@ -89,4 +89,4 @@ def prepared_directory(data_cfg, progress: Progress = None) -> Path:
     return path
 
 
-from recsmith.data.sources import census, movielens, synthetic, table  # noqa: E402,F401  (register sources)
+from recsmith.data.sources import ali_ccp, census, movielens, synthetic, table  # noqa: E402,F401  (register)
