@@ -278,13 +278,13 @@ def test_wrong_format_or_empty_files_are_one_error(tmp_path):
 
 
 def test_option_errors_name_the_key(tmp_path):
-    with pytest.raises(ConfigError, match="data.options.min_cout: unknown key"):
+    with pytest.raises(ConfigError, match=r"data.options.min_cout: unknown key \(did you mean .min_count.\?\)"):
         prepare(tmp_path, min_cout=2)
     with pytest.raises(ConfigError, match=r"data.options.fields: unknown Ali-CCP field id '1010'.*did you mean '101'"):
         prepare(tmp_path, fields=["1010"])
     with pytest.raises(ConfigError, match="data.options.fields: field ids listed twice: 205"):
         prepare(tmp_path, fields=[205, "205"])
-    with pytest.raises(ConfigError, match="data.options.valid_fraction: Input should be less than 1"):
+    with pytest.raises(ConfigError, match="data.options.valid_fraction: must be < 1.0, got 1.0"):
         prepare(tmp_path, valid_fraction=1.0)
 
 

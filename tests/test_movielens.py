@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsmith.config.schema import DataConfig
-from recsmith.data.prepare import LINE, SPLIT, RejectLog
+from recsmith.data.prepare import SPLIT, RejectLog
 from recsmith.data.schema import DatasetSchema
 from recsmith.data.sources import resolve_dataset
 from recsmith.data.sources.movielens import MovieLensOptions, build_view, download, read_ml1m, read_ml100k

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -141,13 +141,24 @@ def get_dotted(data: Mapping, dotted: str, default: Any = None) -> Any:
 
 
 # ---------------------------------------------------------------------- validation
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_model(model: type[M], data: Any, provenance: Provenance | None = None,
+                   where: str = "", prefix: str = "") -> M:
+    """`model` validated from `data`, or a ConfigError with one line per problem, each
+    naming the dotted key (after `prefix`), the value, and the file that set it
+    (from `provenance`, else `where`)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(err, model, provenance or {}, where, prefix) for err in exc.errors()]
+        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+
+
 def validate_experiment(data: dict, provenance: Provenance | None = None) -> ExperimentConfig:
     """An ExperimentConfig from a merged dict, or one ConfigError line per problem."""
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [_describe(err, ExperimentConfig, provenance or {}) for err in exc.errors()]
-        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+    return validate_model(ExperimentConfig, data, provenance)
 
 
 def load_experiment(path: str | Path, overrides: Mapping[str, Any] | None = None,
@@ -172,9 +183,10 @@ def dump_yaml(data: Mapping) -> str:
     return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
 
 
-def _describe(err: dict, root: type[BaseModel], provenance: Provenance) -> str:
+def _describe(err: dict, root: type[BaseModel], provenance: Provenance, where: str = "",
+              prefix: str = "") -> str:
     loc = [str(p) for p in err["loc"]]
-    dotted = ".".join(loc)
+    dotted = prefix + ".".join(loc)
     kind, value = err["type"], err.get("input")
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
@@ -205,8 +217,8 @@ def _describe(err: dict, root: type[BaseModel], provenance: Provenance) -> str:
     else:
         what = err["msg"].removeprefix("Value error, ")
     if not dotted or what.startswith(dotted + "."):  # a section's own check names its keys
-        return what
-    source = source_of(dotted, provenance)
+        return what + (f" (in {display_path(where)})" if where else "")
+    source = source_of(dotted, provenance) or where
     if source and Path(source).is_file():
         source = display_path(source)
     return f"{dotted}: {what}" + (f" (in {source})" if source else "")

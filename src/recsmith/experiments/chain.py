@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recsmith.config.loader import (
-    Provenance, display_path, get_dotted, load_with_extends, resolve_experiment, source_of,
+    Provenance, display_path, get_dotted, load_with_extends, resolve_experiment, source_of, validate_model,
 )
 from recsmith.config.schema import ExperimentConfig
 from recsmith.errors import ChainError, ConfigError, did_you_mean
@@ -108,13 +108,7 @@ def load_chain(path: str | Path, overrides: dict[str, Any] | None = None,
     """Read, resolve and check a chain: every experiment validates and locked fields agree."""
     path = Path(path)
     raw, provenance = load_with_extends(path)
-    try:
-        spec = ChainConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ChainError(f"{display_path(path)}: {key + ': ' if key else ''}"
-                         f"{err['msg'].removeprefix('Value error, ')}") from None
+    spec = validate_model(ChainConfig, raw, provenance, where=str(path))
 
     def relative(key: str, value: str) -> Path:  # paths are relative to the file that set them
         origin = Path(source_of(key, provenance) or path)

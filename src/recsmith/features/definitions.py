@@ -24,12 +24,9 @@ mean for `standardize`); missing or unseen categories become id 0.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from recsmith.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CATEGORICAL_KINDS = ("vocab", "identity", "bucketize")
 NUMERIC_KINDS = ("standardize", "minmax", "none")
@@ -105,22 +102,3 @@ class FeatureSet(_Strict):
     @property
     def columns(self) -> list[str]:
         return sorted({f.column for f in self.features})
-
-
-def parse_feature_set(data, where: str) -> FeatureSet:
-    """A FeatureSet from a parsed `features:` list, or one ConfigError line per problem."""
-    try:
-        return FeatureSet.model_validate({"features": data})
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{where}: {loc}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("\n".join(lines)) from None
-
-
-def load_feature_set(path: str | Path) -> FeatureSet:
-    from recsmith.config.loader import read_yaml
-
-    data = read_yaml(Path(path))
-    return parse_feature_set(data.get("features"), str(path))

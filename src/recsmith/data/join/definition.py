@@ -28,11 +28,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from recsmith.config.loader import _describe, read_yaml
+from recsmith.config.loader import read_yaml, validate_model
 from recsmith.config.schema import Strict, registered
-from recsmith.errors import ConfigError
 
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
@@ -99,12 +98,7 @@ class JoinDefinition(Strict):
 
 def validate_definition(data: dict, source: str = "") -> JoinDefinition:
     """A JoinDefinition from a mapping, or a ConfigError with one line per problem."""
-    try:
-        return JoinDefinition.model_validate(data)
-    except ValidationError as exc:
-        provenance = {key: source for key in data} if source else {}
-        lines = [_describe(err, JoinDefinition, provenance) for err in exc.errors()]
-        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+    return validate_model(JoinDefinition, data, where=source)
 
 
 def load_definition(path: str | Path) -> JoinDefinition:

@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from recsmith.data.schema import SCHEMA_FILE, SPLITS, DatasetSchema
-from recsmith.errors import ConfigError, DataError
+from recsmith.data.schema import SPLITS, DatasetSchema
+from recsmith.errors import DataError
 from recsmith.registry import Registry
 
 Progress = Optional[Callable[[int, int], None]]  # (done, total)
@@ -54,14 +54,9 @@ def raw_data_dir(data_cfg, default_name: str, what: str, hint: str = "") -> Path
 
 def source_options(model: type[BaseModel], data_cfg) -> BaseModel:
     """`data.options` validated by a source's own options model (errors name the key)."""
-    try:
-        return model.model_validate(data_cfg.options)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"data.options.{key}: {message} (source '{data_cfg.source}' takes "
-                          f"{', '.join(model.model_fields)})") from None
+    from recsmith.config.loader import validate_model
+
+    return validate_model(model, data_cfg.options, prefix="data.options.")
 
 
 def resolve_dataset(data_cfg, progress: Progress = None) -> Path:

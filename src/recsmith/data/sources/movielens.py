@@ -21,13 +21,12 @@ first genre, number of genres, hour and weekday of the rating.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Optional
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa

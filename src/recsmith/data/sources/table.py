@@ -21,13 +21,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from recsmith.config.loader import display_path, read_yaml
+from recsmith.config.loader import read_yaml, validate_model
 from recsmith.data.prepare import Chunk, RejectLog, SplitRule, TabularSpec, prepare_cached, prepare_tabular
 from recsmith.data.readers import read_delimited, read_parquet
 from recsmith.data.sources import SOURCES, Progress, cache_dir
-from recsmith.errors import ConfigError, DataError
+from recsmith.errors import DataError
 from recsmith.features.definitions import FeatureSpec, FeatureSet
 from recsmith.tasks import FUNNEL_TASKS, TaskSpec
 
@@ -60,12 +60,7 @@ class TableDatasetSpec(_Strict):
 
 
 def load_table_spec(path: Path) -> TableDatasetSpec:
-    try:
-        return TableDatasetSpec.model_validate(read_yaml(path))
-    except ValidationError as exc:
-        lines = [f"{display_path(path)}: {'.'.join(str(p) for p in e['loc'])}: "
-                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
+    return validate_model(TableDatasetSpec, read_yaml(path), where=str(path))
 
 
 def input_files(spec: TableDatasetSpec, base: Path) -> list[Path]:

@@ -14,7 +14,6 @@ from torch import nn
 from recsmith.models.layers.aligner import ExpertOutputAligner
 from recsmith.models.layers.experts import EXPERTS, ExpertPool, Projected
 from recsmith.models.layers.gates import GATES, mix
-from recsmith.models.layers.mlp import MLP
 from recsmith.models.structures import STRUCTURES
 
 SHARED = "shared"
