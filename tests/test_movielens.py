@@ -153,5 +153,5 @@ def test_download_checks_the_published_md5(tmp_path, grouplens):
     (served / "ml-100k.zip.md5").write_text("0" * 32 + "  ml-100k.zip\n")
     with pytest.raises(DataError, match="MD5 .* differs from the published 0000"):
         download("ml-100k", tmp_path / "raw2", base_url=url)
-    with pytest.raises(DataError, match="cannot download ml-100k .* pass --set data.path=DIR"):
+    with pytest.raises(DataError, match="could not download .*ml-100k.zip.md5 .* pass --set data.path=DIR"):
         download("ml-100k", tmp_path / "raw3", base_url="http://127.0.0.1:9")

@@ -18,10 +18,7 @@ $RECSMITH_DATA/census-income, else downloaded once from UCI into the cache.
 from __future__ import annotations
 
 import gzip
-import http.client
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -31,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from recsmith.data.download import fetch
 from recsmith.data.prepare import LINE, Chunk, RejectLog, SplitRule, TabularSpec, prepare_cached, prepare_tabular
 from recsmith.data.readers import find_file, read_delimited
 from recsmith.data.sources import SOURCES, Progress, cache_dir, cache_root, raw_data_dir, source_options
@@ -177,44 +175,19 @@ def download_dir() -> Path:
 
 def download(directory: Path, files=REMOTE_FILES, progress: Progress = None, timeout: float = 60.0) -> Path:
     """Fetch `files` into `directory` (skipping those already there), each checked against
-    its Content-Length and its number of rows before it is renamed into place."""
+    its Content-Length and its number of rows before it is kept."""
     directory.mkdir(parents=True, exist_ok=True)
     for remote in files:
         target = directory / remote.name
         if target.is_file():
             continue
-        partial = target.with_name(f"{target.name}.part{os.getpid()}")
-        try:
-            _fetch(remote, partial, progress, timeout)
-            rows = _count_rows(partial, remote)
-            if rows != remote.rows:
-                raise DataError(f"{remote.url}: the downloaded file holds {rows:,} rows, expected "
-                                f"{remote.rows:,}; {HINT}")
-            partial.rename(target)
-        finally:
-            partial.unlink(missing_ok=True)
+        fetch(remote.url, target, HINT, progress, timeout)
+        rows = _count_rows(target, remote)
+        if rows != remote.rows:
+            target.unlink()
+            raise DataError(f"{remote.url}: the downloaded file holds {rows:,} rows, expected "
+                            f"{remote.rows:,}; {HINT}")
     return directory
-
-
-def _fetch(remote: RemoteFile, partial: Path, progress: Progress, timeout: float) -> None:
-    try:
-        with urllib.request.urlopen(remote.url, timeout=timeout) as response, open(partial, "wb") as out:
-            expected = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while block := response.read(1 << 20):
-                out.write(block)
-                done += len(block)
-                if progress:
-                    progress(done, max(expected, done))
-    except urllib.error.HTTPError as exc:
-        raise DataError(f"could not download {remote.url}: HTTP {exc.code} {exc.reason}; {HINT}") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-        # offline, refused, timed out, cut off
-        reason = getattr(exc, "reason", exc)
-        raise DataError(f"could not download {remote.url} ({reason}); this machine may be offline: "
-                        f"{HINT}") from None
-    if expected and done != expected:
-        raise DataError(f"{remote.url}: download incomplete ({done:,} of {expected:,} bytes); {HINT}")
 
 
 def _count_rows(path: Path, remote: RemoteFile) -> int:
@@ -225,6 +198,7 @@ def _count_rows(path: Path, remote: RemoteFile) -> int:
         with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as handle:
             return sum(1 for line in handle if line.strip())
     except (OSError, EOFError) as exc:
+        path.unlink()
         raise DataError(f"{remote.url}: the downloaded file is corrupt ({exc}); {HINT}") from None
 
 

@@ -21,8 +21,6 @@ first genre, number of genres, hour and weekday of the rating.
 from __future__ import annotations
 
 import hashlib
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from recsmith.data.download import fetch
 from recsmith.data.prepare import LINE, SPLIT, Chunk, RejectLog, SplitRule, TabularSpec, prepare_cached, prepare_tabular
 from recsmith.data.readers import find_file, read_delimited
 from recsmith.data.sources import SOURCES, Progress, cache_dir, cache_root, source_options
@@ -204,26 +203,14 @@ def _add_time(table: pa.Table) -> pa.Table:
 
 
 # ------------------------------------------------------------------------ download
-def download(name: str, target: Path, progress: Progress = None,
-             opener: Callable = urllib.request.urlopen, base_url: str = GROUPLENS) -> Path:
-    """Fetch `name`.zip and its published MD5, check, unpack into `target` (returns the folder)."""
-    target.mkdir(parents=True, exist_ok=True)
-    archive = target / f"{name}.zip"
-    try:
-        with opener(f"{base_url}/{name}.zip.md5", timeout=30) as response:
-            expected = response.read().decode().split()[0].lower()
-        with opener(f"{base_url}/{name}.zip", timeout=60) as response, open(archive, "wb") as out:
-            total, done = int(response.headers.get("Content-Length") or 0), 0
-            while block := response.read(1 << 20):
-                out.write(block)
-                done += len(block)
-                if progress:
-                    progress(done, total or done)
-    except (urllib.error.URLError, OSError) as exc:
-        archive.unlink(missing_ok=True)
-        raise DataError(f"cannot download {name} from {base_url} ({exc}); download {name}.zip by hand, "
-                        f"unzip it and pass --set data.path=DIR or set RECSMITH_DATA") from None
+def download(name: str, target: Path, progress: Progress = None, base_url: str = GROUPLENS) -> Path:
+    """Fetch `name`.zip and the MD5 GroupLens publishes beside it, check, unpack into `target`."""
+    hint = f"download {name}.zip by hand, unzip it and pass --set data.path=DIR or set RECSMITH_DATA"
+    checksum = fetch(f"{base_url}/{name}.zip.md5", target / f"{name}.zip.md5", hint)
+    archive = fetch(f"{base_url}/{name}.zip", target / f"{name}.zip", hint, progress)
+    expected = checksum.read_text().split()[0].lower()
     actual = hashlib.md5(archive.read_bytes()).hexdigest()
+    checksum.unlink()
     if actual != expected:
         archive.unlink()
         raise DataError(f"{name}.zip: MD5 {actual} differs from the published {expected}; not used")
