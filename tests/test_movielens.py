@@ -22,8 +22,11 @@ from recsmith.data.sources import resolve_dataset
 from recsmith.data.sources.movielens import MovieLensOptions, build_view, download, read_ml1m, read_ml100k
 from recsmith.errors import ConfigError, DataError
 
-# the real files: $RECSMITH_DATA, else the workplace's ../shared/data beside the checkout
-SHARED = Path(os.environ.get("RECSMITH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+# the real files: $RECSMITH_DATA, else the workplace's shared/data (beside the checkout, or
+# at its fixed place for clones elsewhere)
+SHARED = next((p for p in (Path(os.environ.get("RECSMITH_DATA", "/nonexistent")),
+                           Path(__file__).resolve().parents[2] / "shared" / "data",
+                           Path("/work/shared/data")) if (p / "ml-100k").is_dir()), Path("/nonexistent"))
 ML100K, ML1M = SHARED / "ml-100k", SHARED / "ml-1m"
 needs_ml100k = pytest.mark.skipif(not (ML100K / "u.data.gz").is_file(), reason="../shared/data/ml-100k is absent")
 
