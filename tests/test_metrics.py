@@ -93,3 +93,17 @@ def test_funnel_metrics_use_the_right_rows():
     assert set(out) == set(metric_names(["ctr", "cvr"], synthetic=True))
     only_ctr = funnel_metrics({"ctr": p_ctr}, {"click": click, "conversion": conversion}, truth, TASKS)
     assert set(only_ctr) == set(metric_names(["ctr"], synthetic=True))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gauc_fast_path_equals_brute_force(seed):
+    # float32 scores (what models output), some negative, with ties: the packed-key sort
+    rng = np.random.default_rng(seed)
+    n = 3000
+    g = rng.integers(0, 80, n)
+    y = (rng.random(n) < 0.3).astype(int)
+    s = (np.round(rng.normal(size=n) + 0.5 * y, 1)).astype(np.float32)
+    assert gauc(y, s, g) == pytest.approx(brute_force_gauc(y, s, g), abs=1e-12)
+    # groups out of the packed range take the exact fallback and agree
+    assert gauc(y, s, g + 2**40) == pytest.approx(gauc(y, s, g), abs=1e-12)
+    assert auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)

@@ -216,7 +216,7 @@ class DenseOptimConfig(AdamHyperparams):
 
 
 class SparseOptimConfig(AdamHyperparams):
-    type: Literal["sparse_adam"] = "sparse_adam"
+    type: Literal["lazy_adam", "sparse_adam"] = "lazy_adam"  # the same update; lazy_adam is faster
     lr: float = Field(1e-3, gt=0.0, le=10.0)
 
 

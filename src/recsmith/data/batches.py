@@ -58,12 +58,13 @@ class SplitData:
                          {k: v[mask] for k, v in self.columns.items()}, self.tasks)
 
 
-def load_split(directory: str | Path, schema: DatasetSchema, split: str) -> SplitData:
-    """Read one split's Parquet file into contiguous tensors."""
+def load_split(directory: str | Path, schema: DatasetSchema, split: str, with_columns: bool = True) -> SplitData:
+    """Read one split's Parquet file into contiguous tensors (`with_columns`: also the
+    truth and user columns evaluation needs)."""
     path = Path(directory) / f"{split}.parquet"
     if not path.is_file():
         raise DataError(f"split file not found: {path}")
-    wanted = schema.sparse_names + schema.dense_names + schema.labels + schema.truth
+    wanted = schema.sparse_names + schema.dense_names + schema.labels + (schema.truth if with_columns else [])
     try:
         table = pq.read_table(path, columns=wanted)
     except Exception as exc:  # pyarrow raises several types for missing columns / bad files
@@ -96,8 +97,8 @@ def load_split(directory: str | Path, schema: DatasetSchema, split: str) -> Spli
             if count:
                 raise DataError(f"{path}: {count} rows have {task.label} = 1 where {task.observed_when} = 0")
     labels = {name: torch.from_numpy(values) for name, values in labels.items()}
-    columns = {name: column(name, np.float64) for name in schema.truth}
-    if schema.user_field is not None:
+    columns = {name: column(name, np.float64) for name in schema.truth} if with_columns else {}
+    if with_columns and schema.user_field is not None:
         columns["user"] = sparse[:, schema.sparse_names.index(schema.user_field)].copy()
     return SplitData(torch.from_numpy(sparse), torch.from_numpy(dense), labels, columns, schema.task_specs)
 

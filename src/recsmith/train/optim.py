@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import torch
 
+from recsmith.train.lazy_adam import LazyAdam
+
 DENSE_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SPARSE_OPTIMIZERS = {"lazy_adam": LazyAdam, "sparse_adam": torch.optim.SparseAdam}
 
 
 class DualOptimizer:
     """Two optimizers stepped together, each with its own learning rate.
 
-    Embedding rows get sparse gradients (only the rows a batch touched), which
-    `torch.optim.SparseAdam` updates lazily; dense weights use Adam or AdamW.
+    Embedding rows get sparse gradients (only the rows a batch touched), which LazyAdam
+    (or `torch.optim.SparseAdam`, the same update, slower) applies to those rows only;
+    dense weights use Adam or AdamW.
     """
 
     def __init__(self, sparse_params, dense_params, optim_cfg, sparse_grad: bool = True):
         s, d = optim_cfg.sparse, optim_cfg.dense
         if sparse_grad:
-            self.sparse = torch.optim.SparseAdam(sparse_params, lr=s.lr, betas=tuple(s.betas), eps=s.eps)
+            self.sparse = SPARSE_OPTIMIZERS[s.type](sparse_params, lr=s.lr, betas=tuple(s.betas), eps=s.eps)
         else:  # dense embedding gradients: plain Adam at the sparse learning rate
             self.sparse = torch.optim.Adam(sparse_params, lr=s.lr, betas=tuple(s.betas), eps=s.eps)
         self.dense = DENSE_OPTIMIZERS[d.type](

@@ -45,8 +45,10 @@ def attach_log_file(run: RunDir) -> logging.Handler:
     return handler
 
 
-def load_training_data(cfg, dataset_dir: Path, schema: DatasetSchema) -> tuple[SplitData, SplitData]:
-    train, valid = load_split(dataset_dir, schema, "train"), load_split(dataset_dir, schema, "valid")
+def load_training_data(cfg, dataset_dir: Path, schema: DatasetSchema,
+                       with_valid: bool = True) -> tuple[SplitData, SplitData | None]:
+    train = load_split(dataset_dir, schema, "train", with_columns=False)  # truth columns: evaluation only
+    valid = load_split(dataset_dir, schema, "valid") if with_valid else None
     if cfg.data.train_subset == "clicked":  # the head's label exists only where it is observed
         observed_when = schema.task_specs[cfg.model.enabled_heads[0]].observed_when
         train = train.subset(train.labels[observed_when].numpy() > 0)

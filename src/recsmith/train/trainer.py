@@ -62,16 +62,7 @@ class Trainer:
         batches = iter(self.stream)
         running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
         while self.step < rt.max_train_steps:
-            batch = next(batches).to(self.device)
-            with self.precision.autocast():
-                logits = self.model(batch.sparse, batch.dense)
-            loss, terms = self.loss_fn(logits, batch.labels)
-            self.optimizer.zero_grad()
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            self.optimizer.step(self.scaler)
-            for scheduler in self.schedulers.values():
-                scheduler.step()
-            self.step += 1
+            loss, terms = self.train_step(next(batches))
             running, count = running + loss.detach(), count + 1
             last = self.step == rt.max_train_steps
             if self.step % rt.log_every_steps == 0 or last:
@@ -82,6 +73,20 @@ class Trainer:
             if self.step % rt.eval_every_steps == 0 or last:
                 self.evaluate_and_checkpoint()
                 tick = time.perf_counter()  # samples_per_s measures training only
+
+    def train_step(self, batch) -> tuple[torch.Tensor, dict]:
+        """One update: forward, loss, backward, both optimizers, both schedules."""
+        batch = batch.to(self.device)
+        with self.precision.autocast():
+            logits = self.model(batch.sparse, batch.dense)
+        loss, terms = self.loss_fn(logits, batch.labels)
+        self.optimizer.zero_grad()
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        self.optimizer.step(self.scaler)
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        self.step += 1
+        return loss, terms
 
     def _log_train(self, mean_loss: torch.Tensor, terms: dict, steps: int, seconds: float) -> dict:
         value = float(mean_loss)

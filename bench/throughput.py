@@ -1,0 +1,225 @@
+"""Training throughput on 2 CPU cores: recsmith's real data path against the bare step
+(the ceiling) and against peer libraries. A script, not a test:
+
+    python bench/throughput.py [--rows 1000000] [--steps 150] [--rounds 3] [--peers]
+
+For each structure of the chain (E0a DeepFM, E2 shared-bottom + ESMM, E3 MMoE, E4 PLE
+homogeneous, E5 PLE heterogeneous) on the synthetic funnel (26 categorical fields,
+embedding dim 8, batch 1024) it measures, interleaved round by round after a warm-up:
+
+  recsmith  samples/s through the real path: the prepared dataset dir → load_split →
+            TrainStream batches → Trainer.train_step (evaluation off);
+  ceiling   the same Trainer.train_step (forward, backward, both optimizer steps) on
+            batches already sitting in memory as tensors: no input pipeline at all;
+  peers     (--peers; `pip install -e '.[bench]'`) the same model trained through
+            torch-rechub's and DeepCTR-Torch's own documented data paths on the same rows,
+            read from the same Parquet file (see bench/peers.py).
+
+It waits for an idle machine first and records, for every measurement, the CPU share
+other processes took meanwhile (two PyTorch jobs on 2 cores slow each other 20-50×, so a
+contended figure is worthless). Peak RSS of the real path is measured in a child process
+per structure. The table is printed and written to bench/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+STRUCTURES = {
+    "E0a": "E0a_deepfm_st_ctr",
+    "E2": "E2_deepfm_shared_esmm",
+    "E3": "E3_deepfm_mmoe_esmm",
+    "E4": "E4_deepfm_ple_lite_homo_esmm",
+    "E5": "E5_deepfm_ple_lite_hetero_esmm",
+}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ----------------------------------------------------------------- machine load
+def _busy_ticks() -> int:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # everything but idle and iowait
+
+
+def _own_ticks() -> int:
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+
+
+class CpuWatch:
+    """The share of all cores that processes other than this one used while it ran."""
+
+    def __enter__(self):
+        self.wall, self.busy, self.own = time.perf_counter(), _busy_ticks(), _own_ticks()
+        return self
+
+    def __exit__(self, *exc):
+        seconds = time.perf_counter() - self.wall
+        other = (_busy_ticks() - self.busy) - (_own_ticks() - self.own)
+        self.other_share = max(0.0, other / CLOCK_TICKS / (seconds * os.cpu_count()))
+        self.seconds = seconds
+
+
+def wait_for_idle(threshold: float = 0.05, patience: float = 300.0) -> float:
+    """Block until other processes use < threshold of the CPUs over 2 s (or patience runs out)."""
+    deadline = time.time() + patience
+    while True:
+        with CpuWatch() as watch:
+            time.sleep(2.0)
+        if watch.other_share < threshold or time.time() > deadline:
+            return watch.other_share
+        print(f"waiting for an idle machine (others use {watch.other_share:.0%})", flush=True)
+
+
+# --------------------------------------------------------------------- recsmith
+def experiment_config(exp_id: str, rows: int, overrides: dict | None = None):
+    from recsmith.config.loader import load_experiment
+
+    path = REPO / "configs" / "experiments" / "mtl_funnel" / f"{STRUCTURES[exp_id]}.yaml"
+    return load_experiment(path, {"data.synthetic.rows": rows, **(overrides or {})})
+
+
+def build_trainer(cfg, dataset_dir: Path):
+    """A Trainer on the real data path (evaluation never called) and its stream."""
+    from recsmith.data.batches import TrainStream
+    from recsmith.data.schema import DatasetSchema
+    from recsmith.models.ranking import build_model
+    from recsmith.run_dir import RunDir
+    from recsmith.train.losses import build_loss
+    from recsmith.train.precision import resolve_precision
+    from recsmith.train.run import load_training_data
+    from recsmith.train.trainer import Trainer
+
+    schema = DatasetSchema.load(dataset_dir)
+    train, _ = load_training_data(cfg, dataset_dir, schema, with_valid=False)
+    model = build_model(schema, cfg)
+    stream = TrainStream(train, cfg.data.batch_size, seed=cfg.runtime.seed, label=schema.tasks[0].label)
+    device = torch.device("cpu")
+    trainer = Trainer(cfg, RunDir(tempfile.mkdtemp()), model, build_loss(cfg, schema.task_specs), stream,
+                      None, device, resolve_precision(cfg.runtime.amp, device))
+    return trainer, stream
+
+
+def time_steps(step, batches, steps: int) -> tuple[float, float]:
+    """(samples/s, other processes' CPU share) over `steps` calls of step(batch)."""
+    with CpuWatch() as watch:
+        for _ in range(steps):
+            step(next(batches))
+    return steps * 1024 / watch.seconds, watch.other_share
+
+
+def peak_rss_child(exp_id: str, rows: int, steps: int) -> float:
+    """Peak RSS (MB) of a fresh process training `steps` steps on the real path."""
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'bench')!r}); import throughput as t, resource;"
+            f"from recsmith.data.sources import resolve_dataset;"
+            f"cfg = t.experiment_config({exp_id!r}, {rows});"
+            f"trainer, stream = t.build_trainer(cfg, resolve_dataset(cfg.data)); batches = iter(stream);"
+            f"[trainer.train_step(next(batches)) for _ in range({steps})];"
+            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--steps", type=int, default=150, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--structures", default=",".join(STRUCTURES))
+    parser.add_argument("--peers", action="store_true", help="also time torch-rechub and DeepCTR-Torch")
+    parser.add_argument("--set", action="append", default=[], help="config override for recsmith")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "throughput.json")
+    args = parser.parse_args()
+
+    from recsmith.config.loader import parse_overrides
+    from recsmith.data.sources import resolve_dataset
+
+    overrides = parse_overrides(args.set)
+    structures = [s for s in args.structures.split(",") if s]
+    dataset_dir = resolve_dataset(experiment_config(structures[0], args.rows, overrides).data)
+    peers = None
+    if args.peers:
+        sys.path.insert(0, str(REPO / "bench"))
+        import peers as peer_module
+
+        peers = peer_module
+    runners = {}
+    for exp_id in structures:
+        cfg = experiment_config(exp_id, args.rows, overrides)
+        trainer, stream = build_trainer(cfg, dataset_dir)
+        real = iter(stream)
+        resident = [next(real) for _ in range(64)]  # the ceiling cycles through these
+        runners[exp_id] = {"recsmith": (trainer.train_step, real),
+                           "ceiling": (trainer.train_step, _cycle(resident))}
+        if peers:
+            for name, (step, batches) in peers.build(exp_id, dataset_dir, cfg).items():
+                runners[exp_id][name] = (step, batches)
+        for name, (step, batches) in runners[exp_id].items():  # warm-up
+            for _ in range(args.warmup):
+                step(next(batches))
+
+    idle_share = wait_for_idle()
+    results = {exp_id: {name: [] for name in methods} for exp_id, methods in runners.items()}
+    for round_index in range(args.rounds):
+        for exp_id, methods in runners.items():
+            for name, (step, batches) in methods.items():
+                rate, other = time_steps(step, batches, args.steps)
+                results[exp_id][name].append({"samples_per_s": rate, "other_cpu_share": other})
+                print(f"round {round_index + 1} {exp_id:4s} {name:10s} {rate:>10,.0f} samples/s "
+                      f"(others {other:.0%})", flush=True)
+
+    table = []
+    for exp_id, methods in results.items():
+        row = {"structure": exp_id, "config": STRUCTURES[exp_id],
+               "peak_rss_mb": peak_rss_child(exp_id, args.rows, 100)}
+        for name, runs in methods.items():
+            row[name] = statistics.median(r["samples_per_s"] for r in runs)
+            row[f"{name}_max_other_cpu_share"] = max(r["other_cpu_share"] for r in runs)
+        row["ratio_to_ceiling"] = row["recsmith"] / row["ceiling"]
+        for name in methods:
+            if name not in ("recsmith", "ceiling"):
+                row[f"ratio_to_{name}"] = row["recsmith"] / row[name]
+        table.append(row)
+    report = {"rows": args.rows, "batch_size": 1024, "steps_per_measurement": args.steps,
+              "rounds": args.rounds, "overrides": overrides, "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.platform(),
+              "idle_share_before": idle_share, "results": table, "raw": results}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(table)
+    print(f"wrote {args.out}")
+
+
+def _cycle(items):
+    while True:
+        yield from items
+
+
+def print_table(table: list[dict]) -> None:
+    peers = [k for k in table[0] if k.startswith("ratio_to_") and k != "ratio_to_ceiling"]
+    header = f"{'structure':<10}{'recsmith/s':>12}{'ceiling/s':>12}{'vs ceiling':>11}{'RSS MB':>8}"
+    header += "".join(f"{p.removeprefix('ratio_to_') + '/s':>14}{'× ' + p.removeprefix('ratio_to_'):>16}" for p in peers)
+    print(header)
+    for row in table:
+        line = (f"{row['structure']:<10}{row['recsmith']:>12,.0f}{row['ceiling']:>12,.0f}"
+                f"{row['ratio_to_ceiling']:>11.1%}{row['peak_rss_mb']:>8.0f}")
+        line += "".join(f"{row[p.removeprefix('ratio_to_')]:>14,.0f}{row[p]:>15.2f}×" for p in peers)
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
