@@ -58,36 +58,59 @@ class SplitData:
                          {k: v[mask] for k, v in self.columns.items()}, self.tasks)
 
 
+LOAD_BATCH_ROWS = 1 << 18  # rows decoded at a time: peak memory = the arrays + one batch
+
+
 def load_split(directory: str | Path, schema: DatasetSchema, split: str, with_columns: bool = True) -> SplitData:
     """Read one split's Parquet file into contiguous tensors (`with_columns`: also the
-    truth and user columns evaluation needs)."""
+    truth and user columns evaluation needs), batch by batch into preallocated arrays."""
     path = Path(directory) / f"{split}.parquet"
     if not path.is_file():
         raise DataError(f"split file not found: {path}")
-    wanted = schema.sparse_names + schema.dense_names + schema.labels + (schema.truth if with_columns else [])
+    truth = schema.truth if with_columns else []
+    wanted = schema.sparse_names + schema.dense_names + schema.labels + truth
     try:
-        table = pq.read_table(path, columns=wanted)
-    except Exception as exc:  # pyarrow raises several types for missing columns / bad files
+        handle = pq.ParquetFile(path)
+        rows = handle.metadata.num_rows
+        batches = handle.iter_batches(batch_size=LOAD_BATCH_ROWS, columns=wanted)
+        sparse = np.empty((rows, len(schema.sparse)), dtype=np.int32)
+        dense = np.empty((rows, len(schema.dense)), dtype=np.float32)
+        labels = {name: np.empty(rows, dtype=np.float32) for name in schema.labels}
+        columns = {name: np.empty(rows, dtype=np.float64) for name in truth}
+        start = 0
+        for batch in batches:
+            stop = start + batch.num_rows
+            for j, name in enumerate(schema.sparse_names):
+                sparse[start:stop, j] = batch.column(name).to_numpy(zero_copy_only=False)
+            for j, name in enumerate(schema.dense_names):
+                dense[start:stop, j] = batch.column(name).to_numpy(zero_copy_only=False)
+            for name, values in (*labels.items(), *columns.items()):
+                values[start:stop] = batch.column(name).to_numpy(zero_copy_only=False)
+            start = stop
+    except (OSError, KeyError, ValueError, TypeError) as exc:  # missing columns, foreign files
         raise DataError(f"{path}: cannot read the columns the schema names ({exc})") from None
+    except Exception as exc:  # pyarrow's own error types
+        raise DataError(f"{path}: cannot read the columns the schema names ({exc})") from None
+    _check_values(path, schema, sparse, dense, labels)
+    if with_columns and schema.user_field is not None:
+        columns["user"] = sparse[:, schema.sparse_names.index(schema.user_field)].copy()
+    return SplitData(torch.from_numpy(sparse), torch.from_numpy(dense),
+                     {name: torch.from_numpy(values) for name, values in labels.items()}, columns, schema.task_specs)
 
-    def column(name: str, dtype) -> np.ndarray:
-        return table.column(name).to_numpy().astype(dtype, copy=False)
 
-    sparse = np.empty((table.num_rows, len(schema.sparse)), dtype=np.int32)
-    for j, field in enumerate(schema.sparse):
-        ids = column(field.name, np.int32)
-        if ids.size and (ids.min() < 0 or ids.max() >= field.vocab_size):
-            raise DataError(
-                f"{path}: field '{field.name}' has ids outside [0, {field.vocab_size})"
-            )
-        sparse[:, j] = ids
-    dense = np.empty((table.num_rows, len(schema.dense)), dtype=np.float32)
+def _check_values(path: Path, schema: DatasetSchema, sparse: np.ndarray, dense: np.ndarray,
+                  labels: dict[str, np.ndarray]) -> None:
+    """Ids within their vocabularies, finite dense values, 0/1 labels observed where their
+    task says they can be: a DataError naming the file and the column otherwise."""
+    if len(sparse):
+        low, high = sparse.min(axis=0), sparse.max(axis=0)
+        for j, field in enumerate(schema.sparse):
+            if low[j] < 0 or high[j] >= field.vocab_size:
+                raise DataError(f"{path}: field '{field.name}' has ids outside [0, {field.vocab_size})")
     for j, name in enumerate(schema.dense_names):
-        dense[:, j] = column(name, np.float32)
         bad = int((~np.isfinite(dense[:, j])).sum())
         if bad:
             raise DataError(f"{path}: dense field '{name}' has {bad} NaN or infinite values")
-    labels = {name: column(name, np.float32) for name in schema.labels}
     for name, values in labels.items():
         if not np.isin(values, (0.0, 1.0)).all():
             raise DataError(f"{path}: label '{name}' has values other than 0 and 1")
@@ -96,11 +119,6 @@ def load_split(directory: str | Path, schema: DatasetSchema, split: str, with_co
             count = int((labels[task.label] > labels[task.observed_when]).sum())
             if count:
                 raise DataError(f"{path}: {count} rows have {task.label} = 1 where {task.observed_when} = 0")
-    labels = {name: torch.from_numpy(values) for name, values in labels.items()}
-    columns = {name: column(name, np.float64) for name in schema.truth} if with_columns else {}
-    if with_columns and schema.user_field is not None:
-        columns["user"] = sparse[:, schema.sparse_names.index(schema.user_field)].copy()
-    return SplitData(torch.from_numpy(sparse), torch.from_numpy(dense), labels, columns, schema.task_specs)
 
 
 class TrainStream:
