@@ -121,14 +121,23 @@ def time_steps(step, batches, steps: int) -> tuple[float, float]:
     return steps * 1024 / watch.seconds, watch.other_share
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec,
+    so a child started by a large parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_rss_child(exp_id: str, rows: int, steps: int) -> float:
     """Peak RSS (MB) of a fresh process training `steps` steps on the real path."""
-    code = (f"import sys; sys.path.insert(0, {str(REPO / 'bench')!r}); import throughput as t, resource;"
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'bench')!r}); import throughput as t;"
             f"from recsmith.data.sources import resolve_dataset;"
             f"cfg = t.experiment_config({exp_id!r}, {rows});"
             f"trainer, stream = t.build_trainer(cfg, resolve_dataset(cfg.data)); batches = iter(stream);"
             f"[trainer.train_step(next(batches)) for _ in range({steps})];"
-            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            f"print(t.peak_rss_mb())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -210,14 +219,15 @@ def _cycle(items):
 
 
 def print_table(table: list[dict]) -> None:
-    peers = [k for k in table[0] if k.startswith("ratio_to_") and k != "ratio_to_ceiling"]
+    peers = sorted({k for row in table for k in row if k.startswith("ratio_to_") and k != "ratio_to_ceiling"})
     header = f"{'structure':<10}{'recsmith/s':>12}{'ceiling/s':>12}{'vs ceiling':>11}{'RSS MB':>8}"
     header += "".join(f"{p.removeprefix('ratio_to_') + '/s':>14}{'× ' + p.removeprefix('ratio_to_'):>16}" for p in peers)
     print(header)
     for row in table:
         line = (f"{row['structure']:<10}{row['recsmith']:>12,.0f}{row['ceiling']:>12,.0f}"
                 f"{row['ratio_to_ceiling']:>11.1%}{row['peak_rss_mb']:>8.0f}")
-        line += "".join(f"{row[p.removeprefix('ratio_to_')]:>14,.0f}{row[p]:>15.2f}×" for p in peers)
+        line += "".join(f"{row[p.removeprefix('ratio_to_')]:>14,.0f}{row[p]:>15.2f}×" if p in row
+                        else f"{'n/a':>14}{'n/a':>16}" for p in peers)
         print(line)
 
 

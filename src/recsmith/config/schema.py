@@ -213,6 +213,7 @@ class DenseOptimConfig(AdamHyperparams):
     type: Literal["adam", "adamw"] = "adam"
     lr: float = Field(6e-4, gt=0.0, le=10.0)
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    fused: bool = True  # torch's fused Adam kernel: the same update, a few % faster here
 
 
 class SparseOptimConfig(AdamHyperparams):
@@ -246,6 +247,7 @@ class RuntimeConfig(Strict):
     eval_every_steps: int = Field(500, ge=1)
     log_every_steps: int = Field(50, ge=1)
     num_threads: Optional[int] = Field(None, ge=1, le=512)
+    flush_denormal: bool = True  # treat float32 values below 1.2e-38 as 0: faster on CPUs, same results
     best_selection: BestSelectionConfig = Field(default_factory=BestSelectionConfig)
 
 

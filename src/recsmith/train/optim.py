@@ -25,7 +25,7 @@ class DualOptimizer:
         else:  # dense embedding gradients: plain Adam at the sparse learning rate
             self.sparse = torch.optim.Adam(sparse_params, lr=s.lr, betas=tuple(s.betas), eps=s.eps)
         self.dense = DENSE_OPTIMIZERS[d.type](
-            dense_params, lr=d.lr, betas=tuple(d.betas), eps=d.eps, weight_decay=d.weight_decay
+            dense_params, lr=d.lr, betas=tuple(d.betas), eps=d.eps, weight_decay=d.weight_decay, fused=d.fused
         )
 
     @property

@@ -47,6 +47,7 @@ class Trainer:
         if missing:
             raise TrainingError(f"the loss needs logits {sorted(missing)} that the model does not produce")
         self.cfg, self.run, self.model, self.loss_fn = cfg, run, model, loss_fn
+        torch.set_flush_denormal(cfg.runtime.flush_denormal)  # process-wide; denormals are slow on CPUs
         self.stream, self.valid, self.device, self.precision = stream, valid, device, precision
         self.optimizer = build_optimizer(model, cfg)
         self.schedulers = build_schedulers(self.optimizer, cfg.lr_scheduler)
