@@ -219,17 +219,17 @@ def _cycle(items):
 
 
 def print_table(table: list[dict]) -> None:
-    peers = sorted({k for row in table for k in row if k.startswith("ratio_to_") and k != "ratio_to_ceiling"})
-    header = f"{'structure':<10}{'recsmith/s':>12}{'ceiling/s':>12}{'vs ceiling':>11}{'RSS MB':>8}"
-    header += "".join(f"{p.removeprefix('ratio_to_') + '/s':>14}{'× ' + p.removeprefix('ratio_to_'):>16}" for p in peers)
+    peers = sorted({k.removeprefix("ratio_to_") for row in table for k in row
+                    if k.startswith("ratio_to_") and k != "ratio_to_ceiling"})
+    header = f"{'structure':<10}{'recsmith/s':>12}{'ceiling/s':>12}{'vs ceiling':>12}{'RSS MB':>8}"
+    header += "".join(f"{name + '/s':>17}{'vs ' + name:>17}" for name in peers)
     print(header)
     for row in table:
         line = (f"{row['structure']:<10}{row['recsmith']:>12,.0f}{row['ceiling']:>12,.0f}"
-                f"{row['ratio_to_ceiling']:>11.1%}{row['peak_rss_mb']:>8.0f}")
-        line += "".join(f"{row[p.removeprefix('ratio_to_')]:>14,.0f}{row[p]:>15.2f}×" if p in row
-                        else f"{'n/a':>14}{'n/a':>16}" for p in peers)
+                f"{row['ratio_to_ceiling']:>12.1%}{row['peak_rss_mb']:>8.0f}")
+        line += "".join(f"{row[name]:>17,.0f}{row['ratio_to_' + name]:>16.2f}×" if name in row
+                        else f"{'n/a':>17}{'n/a':>17}" for name in peers)
         print(line)
-
 
 if __name__ == "__main__":
     main()

@@ -48,8 +48,8 @@ class LazyAdam(torch.optim.Optimizer):
                 rows, grad = self._touched_rows(param)  # sorted unique rows, summed gradient
                 exp_avg = state["exp_avg"].index_select(0, rows)
                 exp_avg_sq = state["exp_avg_sq"].index_select(0, rows)
-                exp_avg.add_(grad.sub(exp_avg).mul_(1 - beta1))
-                exp_avg_sq.add_(grad.pow(2).sub_(exp_avg_sq).mul_(1 - beta2))
+                exp_avg.lerp_(grad, 1 - beta1)  # m + (1 − β₁)(g − m)
+                exp_avg_sq.lerp_(grad.square(), 1 - beta2)
                 state["exp_avg"].index_copy_(0, rows, exp_avg)
                 state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
                 t = int(state["step"])
