@@ -18,7 +18,10 @@ embedding dim 8, batch 1024) it measures, interleaved round by round after a war
 It waits for an idle machine first and records, for every measurement, the CPU share
 other processes took meanwhile (two PyTorch jobs on 2 cores slow each other 20-50×, so a
 contended figure is worthless). Peak RSS of the real path is measured in a child process
-per structure. The table is printed and written to bench/throughput.json.
+per structure. Samples/s are medians over rounds; every ratio is the median of the
+per-round ratios (each round times all methods back to back, and this machine's speed
+drifts by 10-20% between rounds), with its range in the JSON. The table is printed and
+written to bench/throughput.json.
 """
 
 from __future__ import annotations
@@ -199,10 +202,12 @@ def main() -> None:
         for name, runs in methods.items():
             row[name] = statistics.median(r["samples_per_s"] for r in runs)
             row[f"{name}_max_other_cpu_share"] = max(r["other_cpu_share"] for r in runs)
-        row["ratio_to_ceiling"] = row["recsmith"] / row["ceiling"]
-        for name in methods:
-            if name not in ("recsmith", "ceiling"):
-                row[f"ratio_to_{name}"] = row["recsmith"] / row[name]
+        for name in methods:  # ratios paired by round: the machine's speed drifts between rounds
+            if name != "recsmith":
+                ratios = [mine["samples_per_s"] / theirs["samples_per_s"]
+                          for mine, theirs in zip(methods["recsmith"], methods[name])]
+                row[f"ratio_to_{name}"] = statistics.median(ratios)
+                row[f"ratio_to_{name}_range"] = [min(ratios), max(ratios)]
         table.append(row)
     report = {"rows": args.rows, "batch_size": 1024, "steps_per_measurement": args.steps,
               "rounds": args.rounds, "overrides": overrides, "torch": torch.__version__,
@@ -220,7 +225,7 @@ def _cycle(items):
 
 def print_table(table: list[dict]) -> None:
     peers = sorted({k.removeprefix("ratio_to_") for row in table for k in row
-                    if k.startswith("ratio_to_") and k != "ratio_to_ceiling"})
+                    if k.startswith("ratio_to_") and k != "ratio_to_ceiling" and not k.endswith("_range")})
     header = f"{'structure':<10}{'recsmith/s':>12}{'ceiling/s':>12}{'vs ceiling':>12}{'RSS MB':>8}"
     header += "".join(f"{name + '/s':>17}{'vs ' + name:>17}" for name in peers)
     print(header)
