@@ -85,9 +85,10 @@ class LazyAdam(torch.optim.Optimizer):
 
 
 def _sum_rows(values: torch.Tensor, inverse: torch.Tensor, n: int) -> torch.Tensor:
-    """out[inverse[i]] += values[i], as one scatter over the flattened rows: a row-wise
-    index_add_ with rows of a few floats costs one small add per entry on CPU."""
-    width = values[0].numel() if values.shape[0] else 1
-    flat = (inverse.unsqueeze(1) * width + torch.arange(width, device=inverse.device)).view(-1)
-    out = torch.zeros(n * width, dtype=values.dtype, device=values.device)
-    return out.scatter_add_(0, flat, values.reshape(-1)).view(n, *values.shape[1:])
+    """out[inverse[i]] += values[i]. Scattered column-wise into a transposed buffer: a
+    row-wise index_add_ over rows of a few floats does one tiny add per lookup on CPU, and
+    this needs no flattened index either."""
+    columns = values.reshape(values.shape[0], -1).t()  # [width, nnz], a view
+    out = torch.zeros(columns.shape[0], n, dtype=values.dtype, device=values.device)
+    out.scatter_add_(1, inverse.expand(columns.shape[0], -1), columns)
+    return out.t().contiguous().view(n, *values.shape[1:])
