@@ -55,12 +55,12 @@ All structures, both peers:
     has a DeepFM backbone under its multi-task models: their experts/towers read the
     flattened embeddings (26 × 8) plus the dense values directly.
   * recsmith: one fused embedding table with sparse gradients stepped by `optim.sparse`
-    (sparse_adam, lr 1e-3, in the chain's base config) and Adam (lr 6e-4) for the rest,
+    (lazy_adam, lr 1e-3, in the chain's base config: SparseAdam's update, docs/performance.md) and Adam (lr 6e-4) for the rest,
     cosine schedule with warm-up; init N(0, 0.01).
     Peers: one nn.Embedding per field with dense gradients, one Adam (lr 1e-3) over all
     parameters, no schedule; init N(0, 1e-4).
-  * recsmith trains in bf16 autocast where the CPU has native bf16 (`runtime.amp:
-    auto`); the peers train in fp32.
+  * recsmith trains in bf16 autocast only where the CPU has native bf16 (`runtime.amp:
+    auto`; fp32 on this project's machine); the peers train in fp32.
   * recsmith's losses are BCE-with-logits; the peers apply sigmoid in the model and
     use BCE on probabilities (DeepCTR: summed over the batch, not averaged).
   * torch-rechub's MLPs (experts, towers, gates) are Linear → BatchNorm1d → ReLU →
