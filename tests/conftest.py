@@ -29,6 +29,7 @@ def isolated_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("recsmith-cache")
     os.environ["RECSMITH_CACHE"] = str(cache)
     os.environ["RECSMITH_NO_PROGRESS"] = "1"
+    os.environ["RECSMITH_TRACKER"] = str(cache / "experiment_tracker.csv")  # never the repo's runs/
     return cache
 
 

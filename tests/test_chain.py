@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -30,7 +31,8 @@ def read_summary(out):
 @pytest.fixture(scope="module")
 def finished_chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chain")
-    chain = tiny_chain_file(tmp)
+    chain = tiny_chain_file(tmp, {"tracking.mlflow": True,
+                                  "tracking.mlflow_tracking_uri": (tmp / "mlruns").as_uri()})
     result = run_cli("chain", "run", chain)
     return tmp, chain, result
 
@@ -84,6 +86,58 @@ def test_delta_analysis_compares_the_chain_steps_next_to_the_oracle(finished_cha
     assert float(ctcvr[3]) == pytest.approx(e3 - e2, abs=2e-6)
     assert float(ctcvr[5]) == pytest.approx(float(rows["E3"]["oracle_auc_ctcvr"]), abs=1e-6)
     assert line
+
+
+def test_every_delta_has_an_interval_a_p_value_and_a_verdict(finished_chain):
+    tmp, _, _ = finished_chain
+    summary = json.loads((tmp / "out" / "summary.json").read_text())
+    rows = {r["exp_id"]: r for r in summary["experiments"]}
+    assert len(summary["comparisons"]) == 6
+    for comparison in summary["comparisons"]:
+        for stat in comparison["metrics"]:
+            assert stat["verdict"] in ("significant", "within noise"), stat
+            # the interval is around exactly the summary's numbers
+            base, cand = rows[comparison["baseline"]], rows[comparison["candidate"]]
+            assert stat["baseline"] == pytest.approx(base[stat["metric"]], abs=1e-12)
+            assert stat["candidate"] == pytest.approx(cand[stat["metric"]], abs=1e-12)
+            assert stat["ci_low"] <= stat["ci_high"]
+            assert (stat["p_value"] is not None) == stat["metric"].startswith("auc_")
+    text = (tmp / "out" / "delta_analysis.txt").read_text()
+    assert "95% CI of Δabs" in text and ("within noise" in text or "significant" in text)
+    assert (tmp / "out" / "E3" / "predictions_test.npz").is_file()
+
+
+def test_each_run_appends_one_tracker_row(finished_chain):
+    from recsmith.experiments.tracker import read_rows, tracker_path
+
+    tmp, _, _ = finished_chain
+    rows = [r for r in read_rows(tracker_path()) if r["run_dir"].startswith(str(tmp))]
+    assert sorted(Path(r["run_dir"]).name for r in rows) == ["E0a", "E0b", "E1", "E2", "E3", "E4", "E5"]
+    e3 = next(r for r in rows if r["run_dir"].endswith("E3"))
+    assert e3["status"] == "success" and e3["model.mtl"] == "mmoe"
+    assert float(e3["auc_ctcvr"]) == pytest.approx(float(read_summary(tmp / "out")["E3"]["auc_ctcvr"]), abs=1e-6)
+    assert len({r["run_id"] for r in rows}) == 7 and all(len(r["config_hash"]) == 12 for r in rows)
+
+
+def test_mlflow_store_lists_every_run_with_its_metrics(finished_chain, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    tmp, _, _ = finished_chain
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient((tmp / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("tiny")  # the chain's name
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["E0a", "E0b", "E1", "E2", "E3", "E4", "E5"]
+    summary = read_summary(tmp / "out")
+    for exp_id, run in runs.items():
+        assert run.info.status == "FINISHED"
+        primary = summary[exp_id]["primary_key"]
+        assert run.data.metrics[f"test_{primary}"] == pytest.approx(float(summary[exp_id][primary]), abs=1e-6)
+        assert run.data.params["runtime.max_train_steps"] == "40"
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert [m.step for m in history] == [10, 20, 30, 40]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "eval.json", "metrics.jsonl", "model"} <= artifacts
 
 
 def test_summarize_regenerates_the_same_summary(finished_chain):

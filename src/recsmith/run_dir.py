@@ -19,6 +19,7 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self.health = self.path / "expert_health_diag.jsonl"
         self.eval = self.path / "eval.json"
+        self.predictions = self.path / "predictions_test.npz"  # what the test metrics were computed from
         self.env = self.path / "env.json"
         self.status = self.path / "status.json"
         self.ckpt_last = self.path / "ckpt_last.pt"

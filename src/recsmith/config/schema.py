@@ -251,6 +251,14 @@ class RuntimeConfig(Strict):
     best_selection: BestSelectionConfig = Field(default_factory=BestSelectionConfig)
 
 
+class TrackingConfig(Strict):
+    """Where a finished run is recorded besides its run dir (experiment_tracker.csv always)."""
+
+    mlflow: bool = False  # log params, metrics, artifacts and the model to MLflow
+    mlflow_tracking_uri: Optional[str] = None  # None: a local file store, runs/mlruns
+    mlflow_experiment: Optional[str] = None  # None: the chain's name (chain runs), else `name`
+
+
 # ---------------------------------------------------------------------- experiment
 class ExperimentConfig(Strict):
     """One training run. Loaded by recsmith.config.loader (which resolves `extends:`)."""
@@ -265,6 +273,7 @@ class ExperimentConfig(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     lr_scheduler: LRSchedulerConfig = Field(default_factory=LRSchedulerConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -3,6 +3,7 @@ progress bar, a time limit, resume, and a diagnosis when something fails."""
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import datetime as dt
 import os
@@ -119,7 +120,10 @@ class ChainRunner:
         run.create()
         config_file = self.config_file(exp)
         config_file.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(config_file, dump_yaml(exp.data))
+        config = copy.deepcopy(exp.data)  # MLflow groups a chain's runs under the chain's name
+        tracking = config.setdefault("tracking", {})
+        tracking["mlflow_experiment"] = tracking.get("mlflow_experiment") or self.chain.spec.name
+        write_text_atomic(config_file, dump_yaml(config))
         command = train_command(config_file, run.path, resume)
         max_steps = exp.config.runtime.max_train_steps
         task = progress.add_task(f"{exp.id} {exp.description}", total=max_steps)

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from recsmith.atomic import write_json_atomic, write_text_atomic
+from recsmith.experiments.comparisons import DeltaStat, comparison_stats
 from recsmith.run_dir import RunDir
 
 METRIC_COLUMNS = ("auc_primary", "auc_ctr", "auc_cvr", "auc_cvr_masked", "auc_ctcvr", "auc_cvr_entire",
@@ -65,20 +66,36 @@ def write_summary(chain, rows: list[dict]) -> tuple[Path, Path, Path]:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: _cell(k, v) for k, v in row.items()} for row in rows)
+    stats = comparison_stats({e.id: RunDir(out / e.id) for e in chain.experiments}, chain.spec.comparisons)
     paths = out / "summary.csv", out / "summary.json", out / "delta_analysis.txt"
     write_text_atomic(paths[0], buffer.getvalue())
-    write_json_atomic(paths[1], {"chain": chain.spec.name, "chain_file": str(chain.path), "experiments": rows})
-    write_text_atomic(paths[2], delta_analysis(chain, rows))
+    comparisons = [{"title": c.title, "baseline": c.baseline, "candidate": c.candidate,
+                    "metrics": [_stat_json(stats.get((c.baseline, c.candidate, m)), m) for m in c.metrics]}
+                   for c in chain.spec.comparisons]
+    write_json_atomic(paths[1], {"chain": chain.spec.name, "chain_file": str(chain.path), "experiments": rows,
+                                 "comparisons": comparisons})
+    write_text_atomic(paths[2], delta_analysis(chain, rows, stats))
     return paths
 
 
-def delta_analysis(chain, rows: list[dict]) -> str:
-    """Each comparison of the chain: absolute and relative deltas, the oracle beside them."""
+def _stat_json(stat: DeltaStat | str | None, metric: str) -> dict:
+    if isinstance(stat, DeltaStat):
+        return stat.to_json()
+    return {"metric": metric, "verdict": "n/a", "reason": stat or "not computed"}
+
+
+def delta_analysis(chain, rows: list[dict], stats: dict | None = None) -> str:
+    """Each comparison of the chain: deltas with their 95% interval, DeLong's p-value and a
+    verdict, the oracle beside them."""
     by_id = {r["exp_id"]: r for r in rows}
+    stats = stats or {}
     lines = [f"Delta analysis: chain '{chain.spec.name}'",
              "Test split, each run's best checkpoint (selected on valid by its primary key).",
              "Δrel = Δabs / baseline. 'gap closed' = Δabs / (oracle − baseline): the share of the",
-             "distance to the ceiling (AUC of the true probabilities) that the change covered.", ""]
+             "distance to the ceiling (AUC of the true probabilities) that the change covered.",
+             "95% CI: paired bootstrap of Δabs (1000 resamples of the test rows, the same for",
+             "both runs; users resampled for GAUC). p: DeLong's test (AUCs). Verdict: 'significant'",
+             "when the CI excludes 0 and p < 0.05, else 'within noise'.", ""]
     oracle = next((r for r in rows if r.get("oracle_auc_ctr") is not None), None)
     if oracle:
         lines.append("Oracle AUC (ceiling on this split): " + " · ".join(
@@ -94,11 +111,13 @@ def delta_analysis(chain, rows: list[dict]) -> str:
             lines += [f"  n/a: {', '.join(missing)} did not finish", ""]
             continue
         lines.append(f"  {'metric':<16}{comparison.baseline:>11}{comparison.candidate:>11}"
-                     f"{'Δabs':>12}{'Δrel':>10}{'oracle':>11}{'gap closed':>12}")
+                     f"{'Δabs':>12}{'Δrel':>10}{'oracle':>11}{'gap closed':>12}"
+                     f"  {'95% CI of Δabs':<24}{'p':>9}  verdict")
         for metric in comparison.metrics:
             a, b = base.get(metric), cand.get(metric)
             ceiling = (oracle or {}).get(f"oracle_{metric}") if metric.startswith("auc_") else None
-            lines.append("  " + _delta_line(metric, a, b, ceiling))
+            stat = stats.get((comparison.baseline, comparison.candidate, metric))
+            lines.append("  " + _delta_line(metric, a, b, ceiling) + _stat_cells(stat))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -114,3 +133,11 @@ def _delta_line(metric: str, a, b, ceiling) -> str:
     closed = delta / (ceiling - a) if ceiling is not None and ceiling != a else None
     return (f"{metric:<16}{a:>11.6f}{b:>11.6f}{delta:>+12.6f}{fmt(rel * 100, '+.2f') + '%':>10}"
             f"{fmt(ceiling):>11}{(fmt(closed * 100, '+.1f') + '%') if closed is not None else 'n/a':>12}")
+
+
+def _stat_cells(stat: DeltaStat | str | None) -> str:
+    if not isinstance(stat, DeltaStat):
+        return f"  {'n/a':<24}{'n/a':>9}  n/a" + (f" ({stat})" if stat else "")
+    interval = f"[{stat.ci_low:+.6f}, {stat.ci_high:+.6f}]"
+    p_value = "n/a" if stat.p_value is None else (f"{stat.p_value:.4f}" if stat.p_value >= 1e-4 else "<1e-4")
+    return f"  {interval:<24}{p_value:>9}  {stat.verdict}"

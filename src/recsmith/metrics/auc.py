@@ -31,18 +31,24 @@ def auc(labels, scores) -> float:
 def gauc(labels, scores, groups) -> float:
     """Group AUC: per-group (per-user) AUC averaged with impression weights, over the
     groups that have both a positive and a negative. NaN when no group qualifies."""
+    _, aucs, sizes = group_aucs(labels, scores, groups)
+    return float(np.average(aucs, weights=sizes)) if aucs.size else float("nan")
+
+
+def group_aucs(labels, scores, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group ids, AUC, rows) of every group with both a positive and a negative, by id."""
     y = np.asarray(labels).ravel() > 0
     s = np.asarray(scores).ravel()
     g = np.asarray(groups).ravel()
     if not (y.shape == s.shape == g.shape):
         raise ValueError("labels, scores and groups differ in length")
     if y.size == 0:
-        return float("nan")
+        return np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64)
     packed = _packed_keys(y, s, g)
     if packed is not None:
         key = np.sort(packed)  # by group, then score, then label
         y = (key & np.uint64(1)).astype(bool)
-        group_key, tie_key = key >> np.uint64(33), key >> np.uint64(1)
+        group_key, tie_key = (key >> np.uint64(33)).astype(np.int64), key >> np.uint64(1)
     else:
         order = np.lexsort((s, g))
         y, s, g = y[order], s[order], g[order]
@@ -57,10 +63,8 @@ def gauc(labels, scores, groups) -> float:
     n_neg = sizes - n_pos
     rank_sum = np.add.reduceat(np.where(y, ranks, 0.0), group_start)
     ok = (n_pos > 0) & (n_neg > 0)
-    if not ok.any():
-        return float("nan")
-    group_auc = (rank_sum[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2.0) / (n_pos[ok] * n_neg[ok])
-    return float(np.average(group_auc, weights=sizes[ok]))
+    aucs = (rank_sum[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2.0) / (n_pos[ok] * n_neg[ok])
+    return group_key[group_start][ok], aucs, sizes[ok]
 
 
 def _packed_keys(y: np.ndarray, s: np.ndarray, g: np.ndarray) -> np.ndarray | None:

@@ -9,11 +9,15 @@ EPS = 1e-7
 
 def logloss(labels, probs) -> float:
     """Mean binary cross-entropy, probabilities clipped to [1e-7, 1 − 1e-7]."""
+    losses = row_logloss(labels, probs)
+    return float(losses.mean()) if losses.size else float("nan")
+
+
+def row_logloss(labels, probs) -> np.ndarray:
+    """Each row's binary cross-entropy (probabilities clipped as in `logloss`)."""
     y = np.asarray(labels, dtype=np.float64).ravel()
     p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), EPS, 1.0 - EPS)
-    if y.size == 0:
-        return float("nan")
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+    return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
 
 
 def calibration(labels, probs) -> float:

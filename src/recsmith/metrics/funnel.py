@@ -62,6 +62,30 @@ def oracle_metrics(labels: Mapping[str, np.ndarray], truth: Mapping[str, np.ndar
     }
 
 
+def target_rows(target: str, probs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+                columns: Mapping[str, np.ndarray], tasks: Mapping[str, TaskSpec]):
+    """(labels, scores, row mask or None) that a target's metrics are computed on.
+
+    Targets: a head name (its label where observed), "ctcvr" (p_ctr·p_cvr vs
+    click·conversion, every row) and "cvr_entire" (p_cvr vs the counterfactual conversion
+    of every row, synthetic data only)."""
+    if target == "ctcvr":
+        ctr, cvr = esmm_pair({name: tasks[name] for name in probs})
+        return labels[ctr.label] * labels[cvr.label], probs["ctr"] * probs["cvr"], None
+    if target == "cvr_entire":
+        return columns["conversion_if_clicked"], probs["cvr"], None
+    spec = tasks[target]
+    rows = labels[spec.observed_when] > 0 if spec.observed_when else None
+    return labels[spec.label], probs[target], rows
+
+
+def metric_targets(probs: Mapping[str, np.ndarray], tasks: Mapping[str, TaskSpec]) -> list[str]:
+    targets = list(probs)
+    if esmm_pair({name: tasks[name] for name in probs}):
+        targets.append("ctcvr")
+    return targets
+
+
 def funnel_metrics(probs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
                    columns: Mapping[str, np.ndarray], tasks: Mapping[str, TaskSpec]) -> dict[str, float]:
     """Metrics for the heads present in `probs` (head name → probabilities).
@@ -72,26 +96,16 @@ def funnel_metrics(probs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndar
     """
     out: dict[str, float] = {}
     user = columns.get("user")
-    targets = dict(probs)
-    funnel = esmm_pair({name: tasks[name] for name in probs})
-    if funnel:
-        targets["ctcvr"] = probs["ctr"] * probs["cvr"]
-    for target, p in targets.items():
-        if target == "ctcvr":
-            y, rows = labels[funnel[0].label] * labels[funnel[1].label], None
-        else:
-            spec = tasks[target]
-            y = labels[spec.label]
-            rows = labels[spec.observed_when] > 0 if spec.observed_when else None
+    for target in metric_targets(probs, tasks):
+        y, p, rows = target_rows(target, probs, labels, columns, tasks)
         yy, pp = (y, p) if rows is None else (y[rows], p[rows])
         out[f"auc_{target}"] = auc(yy, pp)
         out[f"gauc_{target}"] = gauc(yy, pp, user if rows is None else user[rows]) if user is not None else float("nan")
         out[f"logloss_{target}"] = logloss(yy, pp)
         out[f"calibration_{target}"] = calibration(yy, pp)
     if "cvr" in probs:
-        spec = tasks["cvr"]
-        observed = labels[spec.observed_when] > 0 if spec.observed_when else np.ones(len(probs["cvr"]), bool)
-        out["auc_cvr_masked"] = auc(labels[spec.label][observed], probs["cvr"][observed])
+        y, p, rows = target_rows("cvr", probs, labels, columns, tasks)
+        out["auc_cvr_masked"] = auc(y if rows is None else y[rows], p if rows is None else p[rows])
         if "conversion_if_clicked" in columns:
-            out["auc_cvr_entire"] = auc(columns["conversion_if_clicked"], probs["cvr"])
+            out["auc_cvr_entire"] = auc(*target_rows("cvr_entire", probs, labels, columns, tasks)[:2])
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -31,12 +33,16 @@ def predict(model, data: SplitData, batch_size: int, device: torch.device, preci
 
 
 def evaluate(model, loss_fn, data: SplitData, batch_size: int, device: torch.device, precision,
-             primary_key: str) -> tuple[dict[str, float], GateStats]:
-    """All metrics of one split: funnel metrics, the objective's loss, auc_primary, oracles."""
+             primary_key: str, keep_predictions: Callable | None = None) -> tuple[dict[str, float], GateStats]:
+    """All metrics of one split: funnel metrics, the objective's loss, auc_primary, oracles.
+    `keep_predictions(probs, labels, columns, tasks)` receives what the metrics were
+    computed from (to save them)."""
     logits, gates = predict(model, data, batch_size, device, precision)
     loss, _ = loss_fn(logits, data.labels)
     probs = {t: torch.sigmoid(v).double().numpy() for t, v in logits.items()}
     labels = {k: v.numpy() for k, v in data.labels.items()}
+    if keep_predictions is not None:
+        keep_predictions(probs, labels, data.columns, data.tasks)
     metrics = funnel_metrics(probs, labels, data.columns, data.tasks)
     metrics["loss"] = float(loss)
     metrics["auc_primary"] = metrics[primary_key]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -17,12 +19,14 @@ from recsmith.data.schema import DatasetSchema
 from recsmith.data.sources import resolve_dataset
 from recsmith.env_info import environment
 from recsmith.errors import ConfigError
+from recsmith.experiments.tracker import append_row, config_hash, key_hyperparameters, tracker_path
 from recsmith.models.ranking import build_model
 from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import load_checkpoint
 from recsmith.train.evaluate import evaluate
 from recsmith.train.losses import build_loss
 from recsmith.train.precision import resolve_precision
+from recsmith.train.predictions import save_predictions
 from recsmith.train.trainer import Trainer
 
 log = logging.getLogger("recsmith.train")
@@ -60,17 +64,44 @@ def train_run(cfg, run_path: str | Path, resume: bool = False,
               data_progress=None) -> dict:
     """Train `cfg` in `run_path` (or continue it with `resume`); returns eval.json's content."""
     run = RunDir(run_path)
+    if cfg.tracking.mlflow and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("tracking.mlflow is true but MLflow is not installed: pip install 'recsmith[tracking]'")
     if run.has_run() and not resume:
         raise ConfigError(f"run dir {run.path} already holds a run: pass --resume, or choose another dir")
     dataset_dir = resolve_dataset(cfg.data, data_progress)  # bad data fails before the run dir exists
     check_experiment_fits(cfg, DatasetSchema.load(dataset_dir))
     run.create()
     handler = attach_log_file(run)
+    started = time.time()
     try:
-        return _train(cfg, run, resume, on_step, dataset_dir)
+        result = _train(cfg, run, resume, on_step, dataset_dir)
+    except BaseException as exc:
+        track_run(cfg, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", started, {})
+        raise
     finally:
         logging.getLogger("recsmith").removeHandler(handler)
         handler.close()
+    track_run(cfg, run, "success", started, result)
+    if cfg.tracking.mlflow:
+        from recsmith.experiments.mlflow_log import log_run
+
+        log.info("logged to MLflow (%s): run %s", cfg.tracking.mlflow_tracking_uri or "runs/mlruns",
+                 log_run(cfg, run, result))
+    return result
+
+
+def track_run(cfg, run: RunDir, status: str, started: float, result: dict) -> None:
+    """One row in experiment_tracker.csv; a tracker that cannot be written only warns."""
+    config = cfg.model_dump(mode="json")
+    row = {"run_id": f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}-{config_hash([config, str(run.path)])[:6]}",
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "name": cfg.name,
+           "status": status, "duration_s": round(time.time() - started, 1), "config_hash": config_hash(config),
+           "run_dir": str(run.path.resolve()), **key_hyperparameters(cfg),
+           "best_step": result.get("best_step"), **result.get("test", {})}
+    try:
+        append_row(tracker_path(), row)
+    except OSError as exc:
+        log.warning("could not append to %s: %s", tracker_path(), exc)
 
 
 def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
@@ -128,7 +159,8 @@ def final_evaluation(cfg, run: RunDir, model, loss_fn, dataset_dir, schema, devi
     model.load_state_dict(best["model"])
     test = load_split(dataset_dir, schema, "test")
     key = cfg.runtime.best_selection.primary_key
-    test_metrics, gates = evaluate(model, loss_fn, test, cfg.data.eval_batch_size, device, precision, key)
+    keep = functools.partial(save_predictions, run.predictions, dataset=str(dataset_dir))
+    test_metrics, gates = evaluate(model, loss_fn, test, cfg.data.eval_batch_size, device, precision, key, keep)
     valid_records = [r for r in RunDir.read_jsonl(run.metrics)
                      if r.get("type") == "valid" and r.get("step") == best["step"]]
     valid_metrics = {k: v for k, v in valid_records[-1].items() if k not in ("type", "step")} if valid_records else {}

@@ -1,0 +1,58 @@
+"""A run's test predictions, kept in its run dir (`predictions_test.npz`) so that
+comparisons between runs (paired bootstrap intervals, DeLong's test) can be computed
+later from run dirs alone, on exactly the rows and scores the metrics were computed on."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from recsmith.atomic import replace_atomically
+from recsmith.tasks import TaskSpec
+
+KEPT_COLUMNS = ("user", "conversion_if_clicked")  # GAUC groups; the synthetic counterfactual
+
+
+@dataclass
+class Predictions:
+    probs: dict[str, np.ndarray]  # head → float32 probabilities, as the metrics saw them
+    labels: dict[str, np.ndarray]
+    columns: dict[str, np.ndarray]
+    tasks: dict[str, TaskSpec]
+    dataset: str
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.labels.values())))
+
+
+def save_predictions(path: str | Path, probs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+                     columns: Mapping[str, np.ndarray], tasks: Mapping[str, TaskSpec], dataset: str) -> None:
+    arrays = {f"prob__{head}": np.asarray(p, dtype=np.float32) for head, p in probs.items()}
+    arrays.update({f"label__{name}": np.asarray(v) for name, v in labels.items()})
+    arrays.update({f"column__{name}": np.asarray(columns[name]) for name in KEPT_COLUMNS if name in columns})
+    meta = {"tasks": {name: spec.to_json() for name, spec in tasks.items()}, "dataset": dataset}
+    arrays["meta"] = np.array(json.dumps(meta))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    replace_atomically(path, write)
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        grouped: dict[str, dict[str, np.ndarray]] = {"prob": {}, "label": {}, "column": {}}
+        for key in data.files:
+            if "__" in key:
+                kind, name = key.split("__", 1)
+                grouped[kind][name] = data[key]
+    tasks = {name: TaskSpec(**spec) for name, spec in meta["tasks"].items()}
+    return Predictions({h: p.astype(np.float64) for h, p in grouped["prob"].items()}, grouped["label"],
+                       grouped["column"], tasks, meta["dataset"])
