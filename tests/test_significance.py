@@ -132,3 +132,9 @@ def test_percentile_interval_covers_the_truth_at_its_level():
         low, high = percentile_interval(deltas)
         covered += low <= 0.0 <= high
     assert covered >= 33
+
+
+def test_resampled_auc_is_nan_without_both_classes():
+    counts = next(bootstrap_chunks(5, 3, seed=0))
+    assert np.isnan(ResampledAUC(np.zeros(5), np.arange(5.0))(counts)).all()
+    assert np.isnan(ResampledAUC(np.ones(5), np.arange(5.0))(counts)).all()

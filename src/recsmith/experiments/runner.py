@@ -93,7 +93,8 @@ class ChainRunner:
                     code = 130 if outcome.status == "interrupted" else 1
                     break
         rows = build_summary(self.chain)
-        paths = write_summary(self.chain, rows)
+        with self.console.status("summary: paired bootstrap intervals and DeLong tests for each delta"):
+            paths = write_summary(self.chain, rows)
         self._report(rows, paths)
         return code
 

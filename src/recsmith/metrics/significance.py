@@ -91,32 +91,39 @@ def bootstrap_chunks(n: int, resamples: int, seed: int, chunk: int = CHUNK):
 
 
 class ResampledAUC:
-    """Exact AUC of resampled rows, from one sort: `ResampledAUC(y, s)(counts)` → [R].
+    """Exact AUC of resampled rows: `ResampledAUC(y, s)(counts)` → [R], NaN where a
+    resample lacks a class.
 
     For resample weights w: AUC = Σ_pos w_i · (W_neg(s < s_i) + ½ W_neg(s = s_i)) /
-    (W_pos · W_neg), with the negatives' cumulative weights in integer arithmetic. NaN
-    where a resample lacks a class."""
+    (W_pos · W_neg). Each negative row falls in one segment between consecutive distinct
+    positive scores (or on one of them, a tie), found once with a binary search; a resample
+    then needs only one weighted count per segment, taken in row order."""
 
     def __init__(self, labels, scores):
         y = np.asarray(labels).ravel() > 0
         s = np.asarray(scores).ravel()
-        self.pos_rows = np.flatnonzero(y)
-        neg_rows = np.flatnonzero(~y)
-        order = np.argsort(s[neg_rows], kind="stable")
-        self.neg_rows = neg_rows[order]
-        neg_sorted = s[self.neg_rows]
-        self.left = np.searchsorted(neg_sorted, s[self.pos_rows], "left")  # negatives below
-        self.right = np.searchsorted(neg_sorted, s[self.pos_rows], "right")  # ... or tied
+        self.pos_rows, self.neg_rows = np.flatnonzero(y), np.flatnonzero(~y)
+        thresholds, self.pos_level = np.unique(s[self.pos_rows], return_inverse=True)
+        neg_scores = s[self.neg_rows]
+        place = np.searchsorted(thresholds, neg_scores, "left")  # distinct positive scores below
+        tied = np.zeros(place.size, dtype=bool)
+        if thresholds.size:
+            tied = (place < thresholds.size) & (thresholds[np.minimum(place, thresholds.size - 1)] == neg_scores)
+        self.neg_segment = 2 * place + tied  # 2k: below threshold k (and above k−1); 2k+1: tied with it
+        self.segments = 2 * thresholds.size + 2
 
     def __call__(self, counts: np.ndarray) -> np.ndarray:
-        neg_w = counts[:, self.neg_rows]
-        cumulative = np.zeros((counts.shape[0], neg_w.shape[1] + 1), dtype=np.int64)
-        np.cumsum(neg_w, axis=1, out=cumulative[:, 1:])
-        pos_w = counts[:, self.pos_rows].astype(np.int64)
-        twice_wins = (pos_w * (cumulative[:, self.left] + cumulative[:, self.right])).sum(axis=1)
+        resamples = counts.shape[0]
+        index = (self.neg_segment[None, :] + self.segments * np.arange(resamples)[:, None]).ravel()
+        per_segment = np.bincount(index, weights=counts[:, self.neg_rows].ravel(),
+                                  minlength=resamples * self.segments).reshape(resamples, self.segments)
+        cumulative = np.cumsum(per_segment, axis=1)  # negatives up to and including each segment
+        below, tied = cumulative[:, 2 * self.pos_level], per_segment[:, 2 * self.pos_level + 1]
+        pos_w = counts[:, self.pos_rows]
+        wins = (pos_w * (below + 0.5 * tied)).sum(axis=1)
         pairs = pos_w.sum(axis=1) * cumulative[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(pairs > 0, twice_wins / (2.0 * pairs), np.nan)
+            return np.where(pairs > 0, wins / pairs, np.nan)
 
 
 class ResampledGAUC:
