@@ -272,3 +272,35 @@ def test_evaluate_reproduces_the_runs_test_metrics(finished_chain):
     assert table.returncode == 0 and "auc_ctcvr" in table.stdout
     bad = run_cli("evaluate", run, "--split", "holdout")
     assert bad.returncode == 2 and "--split: unknown split 'holdout'" in bad.stderr
+
+
+def test_seeds_repeat_the_chain_and_summarise_across_seeds(tmp_path):
+    chain = tiny_chain_file(tmp_path)
+    result = run_cli("chain", "run", chain, "--seeds", "2", "--only", "E1,E2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / "out"
+    base_seed = yaml.safe_load((out / "seed_20260127" / "configs" / "E2.yaml").read_text())["runtime"]["seed"]
+    other_seed = yaml.safe_load((out / "seed_20260128" / "configs" / "E2.yaml").read_text())["runtime"]["seed"]
+    assert (base_seed, other_seed) == (20260127, 20260128)
+    per_seed = [read_summary(out / f"seed_{s}")["E2"] for s in (20260127, 20260128)]
+    assert per_seed[0]["auc_ctcvr"] != per_seed[1]["auc_ctcvr"]  # another seed, another model
+    summary = json.loads((out / "seeds_summary.json").read_text())
+    assert summary["seeds_found"] == [20260127, 20260128]
+    e2 = next(e for e in summary["experiments"] if e["exp_id"] == "E2")
+    values = [float(r["auc_ctcvr"]) for r in per_seed]
+    assert e2["metrics"]["auc_ctcvr"]["mean"] == pytest.approx(sum(values) / 2, abs=1e-6)
+    assert e2["metrics"]["auc_ctcvr"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-6)
+    esmm = next(c for c in summary["comparisons"] if c["baseline"] == "E1" and c["candidate"] == "E2")
+    for stat in esmm["metrics"]:
+        assert stat["delta_n"] == 2 and stat["verdict"] in ("significant", "within noise")
+        low, high = stat["t_interval"]
+        assert low <= stat["delta_mean"] <= high
+    text = (out / "seeds_delta_analysis.txt").read_text()
+    assert "E2 vs E1 (ESMM)" in text and "95% t-interval" in text
+
+
+@pytest.mark.parametrize("seeds", ["0", "a,b", "3,3"])
+def test_bad_seeds_are_refused_before_anything_runs(tmp_path, seeds):
+    result = run_cli("chain", "run", tiny_chain_file(tmp_path), "--seeds", seeds)
+    assert result.returncode != 0 and "--seeds" in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()

@@ -124,6 +124,28 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A run directory."),
     console.print(table)
 
 
+# -------------------------------------------------------------------------- report
+@app.command()
+def report(directory: Path = typer.Argument(..., help="A chain's output dir, a --seeds output dir, or a dir of run dirs.")) -> None:
+    """Write EXPERIMENT_REPORT.md and a self-contained report.html (charts in DIR/report/)."""
+    from recsmith.experiments.report import build_report
+
+    with console.status("building the report"):
+        paths = build_report(directory)
+    for path in paths:
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def findings(directory: Path = typer.Argument(..., help="A chain's output dir, a --seeds output dir, or a dir of run dirs.")) -> None:
+    """Write FINDINGS.md: what was run, the best configuration, gains with intervals, time and size."""
+    from recsmith.experiments.findings import build_findings
+
+    path = build_findings(directory)
+    console.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"wrote {path}")
+
+
 # --------------------------------------------------------------------------- chain
 @chain_app.command("validate")
 def chain_validate(chain: Path = typer.Argument(..., help="Chain file (YAML)."),
@@ -155,14 +177,20 @@ def chain_run(chain: Path = typer.Argument(..., help="Chain file (YAML)."),
               only: Optional[str] = typer.Option(None, "--only", help="Comma-separated ids to run alone."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Print commands and diffs; run nothing."),
               timeout: float = typer.Option(6 * 3600, "--timeout", min=1, help="Per-experiment limit, seconds."),
+              seeds: Optional[str] = typer.Option(
+                  None, "--seeds", help="Repeat the chain per training seed: a count (3) or a list (1,2,3)."),
               set_: Optional[List[str]] = SetOption) -> None:
     """Run a chain's experiments in order, then write summary.csv/json and delta_analysis.txt."""
     from recsmith.experiments.chain import load_chain
     from recsmith.experiments.runner import ChainRunner
+    from recsmith.experiments.seeds import parse_seeds
 
     resolved = load_chain(chain, _overrides(set_), output)
     selected = resolved.select(_ids(only), _ids(skip))
     runner = ChainRunner(resolved, console, timeout)
+    if seeds is not None:
+        seed_list = parse_seeds(seeds, resolved.base.runtime.seed)
+        raise typer.Exit(runner.run_seeds(selected, resume, seed_list, dry_run))
     if dry_run:
         runner.dry_run(selected, resume)
         return

@@ -25,6 +25,7 @@ from recsmith.data.sources import resolve_dataset
 from recsmith.errors import ChainError
 from recsmith.experiments.chain import ResolvedChain, ResolvedExperiment, diff_from_base
 from recsmith.experiments.diagnosis import recognise, tail
+from recsmith.experiments.seeds import with_seed, write_seed_summary
 from recsmith.experiments.summary import build_summary, write_summary
 from recsmith.run_dir import RunDir
 
@@ -96,6 +97,25 @@ class ChainRunner:
         with self.console.status("summary: paired bootstrap intervals and DeLong tests for each delta"):
             paths = write_summary(self.chain, rows)
         self._report(rows, paths)
+        return code
+
+    def run_seeds(self, selected: list[ResolvedExperiment], resume: bool, seeds: list[int],
+                  dry_run: bool = False) -> int:
+        """The chain once per seed (seed_<s>/ each), then the summary across seeds."""
+        ids, code = [e.id for e in selected], 0
+        for number, seed in enumerate(seeds, 1):
+            self.console.rule(f"seed {seed} ({number} of {len(seeds)})")
+            runner = ChainRunner(with_seed(self.chain, seed), self.console, self.timeout)
+            chosen = runner.chain.select(only=ids)
+            if dry_run:
+                runner.dry_run(chosen, resume)
+                continue
+            code = runner.run(chosen, resume)
+            if code:
+                break
+        if not dry_run:
+            for path in write_seed_summary(self.chain, seeds):
+                self.console.print(f"wrote {display_path(path)}")
         return code
 
     def _prepare_data(self, selected: list[ResolvedExperiment]) -> None:

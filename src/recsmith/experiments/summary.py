@@ -17,7 +17,7 @@ METRIC_COLUMNS = ("auc_primary", "auc_ctr", "auc_cvr", "auc_cvr_masked", "auc_ct
                   "calibration_cvr", "loss")
 ORACLE_COLUMNS = ("oracle_auc_ctr", "oracle_auc_cvr", "oracle_auc_ctcvr", "oracle_auc_cvr_entire")
 COLUMNS = ("exp_id", "description", "status", "primary_key", "best_step", "max_train_steps",
-           *METRIC_COLUMNS, "valid_auc_primary", *ORACLE_COLUMNS, "wall_seconds", "run_dir")
+           *METRIC_COLUMNS, "valid_auc_primary", *ORACLE_COLUMNS, "parameters", "wall_seconds", "run_dir")
 
 
 def run_status(run: RunDir) -> str:
@@ -41,7 +41,7 @@ def summary_row(exp_id: str, description: str, run: RunDir) -> dict:
         test, valid = result.get("test", {}), result.get("valid", {})
         row.update(primary_key=result.get("primary_key"), best_step=result.get("best_step"),
                    max_train_steps=result.get("max_train_steps"),
-                   valid_auc_primary=valid.get("auc_primary"))
+                   valid_auc_primary=valid.get("auc_primary"), parameters=result.get("parameters"))
         row.update({c: test.get(c) for c in (*METRIC_COLUMNS, *ORACLE_COLUMNS)})
     return row
 

@@ -174,4 +174,5 @@ def final_evaluation(cfg, run: RunDir, model, loss_fn, dataset_dir, schema, devi
         "expert_health_test": gates.report(model.gate_experts),
         "dataset": str(dataset_dir),
         "test_rows": len(test),
+        "parameters": sum(p.numel() for p in model.parameters()),
     }

@@ -1,0 +1,259 @@
+"""`recsmith report DIR`: EXPERIMENT_REPORT.md and a self-contained report.html, built from
+the run dirs under DIR (a chain's output dir, a `--seeds` output dir, or any dir of run
+dirs) and the summaries written beside them. Failed and partial runs are listed with their
+status and left out of the charts they have no numbers for.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from recsmith.atomic import write_text_atomic
+from recsmith.errors import ConfigError
+from recsmith.experiments import plots
+from recsmith.experiments.summary import summary_row
+from recsmith.metrics.funnel import target_rows
+from recsmith.metrics.significance import ResampledAUC, bootstrap_chunks, percentile_interval
+from recsmith.run_dir import RunDir
+from recsmith.train.predictions import load_predictions
+
+TABLE_METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "gauc_ctr", "logloss_ctr")
+CI_RESAMPLES = 300  # per-run intervals in the summary table
+CALIBRATION_BINS = 10
+
+
+def load_results(directory: Path) -> dict:
+    """Rows, comparisons and where the run dirs are, for a chain dir, a seeds dir or run dirs."""
+    seeds_file, summary_file = directory / "seeds_summary.json", directory / "summary.json"
+    if seeds_file.is_file():
+        seeds = json.loads(seeds_file.read_text(encoding="utf-8"))
+        first = directory / f"seed_{seeds['seeds_found'][0]}" if seeds["seeds_found"] else None
+        chain = json.loads((first / "summary.json").read_text(encoding="utf-8")) if first else {"experiments": []}
+        return {"title": f"chain {seeds['chain']}, seeds {seeds['seeds']}", "rows": chain["experiments"],
+                "seeds": seeds, "comparisons": chain.get("comparisons", []), "run_root": first}
+    if summary_file.is_file():
+        chain = json.loads(summary_file.read_text(encoding="utf-8"))
+        return {"title": f"chain {chain['chain']}", "rows": chain["experiments"], "seeds": None,
+                "comparisons": chain.get("comparisons", []), "run_root": directory}
+    runs = sorted(p for p in directory.iterdir() if p.is_dir() and (RunDir(p).config.exists()))
+    if not runs:
+        raise ConfigError(f"{directory}: no summary.json, seeds_summary.json or run dirs to report on")
+    return {"title": directory.name, "rows": [summary_row(p.name, "", RunDir(p)) for p in runs], "seeds": None,
+            "comparisons": [], "run_root": directory}
+
+
+def build_report(directory: str | Path) -> tuple[Path, Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"report: {directory} is not a directory")
+    results = load_results(directory)
+    rows = results["rows"]
+    runs = {r["exp_id"]: RunDir(r["run_dir"]) if r.get("run_dir") else RunDir(results["run_root"] / r["exp_id"])
+            for r in rows}
+    images = directory / "report"
+    images.mkdir(exist_ok=True)
+    oracle = next(({m.removeprefix("oracle_"): r[m] for m in r if m.startswith("oracle_") and r[m] is not None}
+                   for r in rows if r.get("oracle_auc_ctr") is not None), {})
+    successful = [r for r in rows if r["status"] == "success"]
+    errors, error_label = _errors(results, successful, runs)
+    charts = []
+    if successful:
+        charts.append(("Test AUC per experiment", plots.metric_bars(successful, errors, oracle, error_label,
+                                                                    images / "primary_metrics.png")))
+    curves = {e: _curves(run) for e, run in runs.items() if run.metrics.is_file()}
+    if any(curves.values()):
+        valid_oracle = next((v for v in (_valid_oracle(run) for run in runs.values()) if v), {})
+        charts.append(("Learning curves", plots.learning_curves(curves, valid_oracle, images / "learning_curves.png")))
+    for exp_id, run in runs.items():
+        gates = _last_gates(run)
+        if gates:
+            charts.append((f"{exp_id}: gates and expert utilisation",
+                           plots.gate_heatmap(exp_id, gates, images / f"gates_{exp_id}.png")))
+    calibration = {e: c for e, c in ((e, _calibration(run)) for e, run in runs.items()) if c}
+    if calibration:
+        charts.append(("Calibration", plots.calibration(calibration, images / "calibration.png")))
+    tables = {"summary": _summary_table(rows, errors, error_label, results["seeds"]),
+              "deltas": _delta_table(results)}
+    md_path, html_path = directory / "EXPERIMENT_REPORT.md", directory / "report.html"
+    write_text_atomic(md_path, _markdown(results["title"], tables, charts, directory, oracle))
+    write_text_atomic(html_path, _html(results["title"], tables, charts, oracle))
+    return md_path, html_path
+
+
+# ----------------------------------------------------------------------- numbers
+def _errors(results: dict, rows: list[dict], runs: dict) -> tuple[dict, str]:
+    """Per (experiment, metric): (low, high) around the value; mean ± std over seeds, or a
+    bootstrap 95% interval of the run's own test rows."""
+    out = {}
+    if results["seeds"]:
+        for e in results["seeds"]["experiments"]:
+            for metric, s in e["metrics"].items():
+                row = next((r for r in rows if r["exp_id"] == e["exp_id"]), None)
+                if row is not None and row.get(metric) is not None and s["std"] is not None:
+                    out[(e["exp_id"], metric)] = (row[metric] - s["std"], row[metric] + s["std"])
+        return out, "± std over seeds"
+    for row in rows:
+        run = runs[row["exp_id"]]
+        if not run.predictions.is_file():
+            continue
+        preds = load_predictions(run.predictions)
+        counts = np.concatenate(list(bootstrap_chunks(preds.rows, CI_RESAMPLES, seed=0)))
+        for metric in plots.AUC_METRICS:
+            target = metric.removeprefix("auc_")
+            if row.get(metric) is None:
+                continue
+            y, p, mask = target_rows(target, preds.probs, preds.labels, preds.columns, preds.tasks)
+            rows_ = np.flatnonzero(mask) if mask is not None else None
+            samples = ResampledAUC(y if rows_ is None else y[rows_], p if rows_ is None else p[rows_])(
+                counts if rows_ is None else counts[:, rows_])
+            out[(row["exp_id"], metric)] = percentile_interval(samples)
+    return out, f"95% bootstrap interval, {CI_RESAMPLES} resamples of the test rows"
+
+
+def _curves(run: RunDir) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    for record in RunDir.read_jsonl(run.metrics):
+        if record.get("type") == "train":
+            series.setdefault("loss", []).append((record["step"], record["loss"]))
+        elif record.get("type") == "valid":
+            for metric in ("auc_ctr", "auc_ctcvr", "auc_cvr"):
+                if isinstance(record.get(metric), float) and np.isfinite(record[metric]):
+                    series.setdefault(metric, []).append((record["step"], record[metric]))
+    return series
+
+
+def _valid_oracle(run: RunDir) -> dict[str, float]:
+    """The valid split's oracle AUCs, as its evaluations recorded them."""
+    record = next((r for r in RunDir.read_jsonl(run.metrics) if r.get("type") == "valid"), {})
+    return {k.removeprefix("oracle_"): v for k, v in record.items() if k.startswith("oracle_")}
+
+
+def _last_gates(run: RunDir) -> dict[str, dict]:
+    records = RunDir.read_jsonl(run.health)
+    if not records:
+        return {}
+    last = max(r["step"] for r in records)
+    return {r["gate"]: r for r in records if r["step"] == last}
+
+
+def _calibration(run: RunDir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if not run.predictions.is_file():
+        return {}
+    preds = load_predictions(run.predictions)
+    out = {}
+    for target in ("ctr", "cvr"):
+        if target not in preds.probs:
+            continue
+        y, p, mask = target_rows(target, preds.probs, preds.labels, preds.columns, preds.tasks)
+        if mask is not None:
+            y, p = y[mask], p[mask]
+        edges = np.quantile(p, np.linspace(0, 1, CALIBRATION_BINS + 1))
+        which = np.clip(np.searchsorted(edges, p, "right") - 1, 0, CALIBRATION_BINS - 1)
+        filled = np.bincount(which, minlength=CALIBRATION_BINS) > 0
+        predicted = np.bincount(which, p, CALIBRATION_BINS)[filled] / np.bincount(which, minlength=CALIBRATION_BINS)[filled]
+        observed = np.bincount(which, y, CALIBRATION_BINS)[filled] / np.bincount(which, minlength=CALIBRATION_BINS)[filled]
+        out[target] = (predicted, observed)
+    return out
+
+
+# ------------------------------------------------------------------------ tables
+def _summary_table(rows: list[dict], errors: dict, error_label: str, seeds: dict | None) -> dict:
+    metrics = [m for m in TABLE_METRICS if any(r.get(m) is not None for r in rows)]
+    header = ["exp", "status", "best step", *metrics, "wall (s)"]
+    body = []
+    seed_stats = {e["exp_id"]: e["metrics"] for e in seeds["experiments"]} if seeds else {}
+    for r in rows:
+        cells = [r["exp_id"], r["status"], str(r.get("best_step") or "")]
+        for m in metrics:
+            value = r.get(m)
+            if seeds and seed_stats.get(r["exp_id"], {}).get(m, {}).get("mean") is not None:
+                s = seed_stats[r["exp_id"]][m]
+                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f}")
+            elif value is None:
+                cells.append("")
+            elif (r["exp_id"], m) in errors:
+                low, high = errors[(r["exp_id"], m)]
+                cells.append(f"{value:.4f} [{low:.4f}, {high:.4f}]")
+            else:
+                cells.append(f"{value:.4f}")
+        cells.append(str(r.get("wall_seconds") or ""))
+        body.append(cells)
+    note = ("mean ± std over seeds" if seeds else f"test value [{error_label}]")
+    return {"header": header, "rows": body, "note": note}
+
+
+def _delta_table(results: dict) -> dict:
+    header = ["comparison", "metric", "Δ", "95% interval", "p (DeLong)", "verdict"]
+    body = []
+    if results["seeds"]:
+        header = ["comparison", "metric", "Δ mean ± std", "95% t-interval", "seeds significant", "verdict"]
+        for c in results["seeds"]["comparisons"]:
+            for m in c["metrics"]:
+                interval = "n/a" if not m["t_interval"] else f"[{m['t_interval'][0]:+.4f}, {m['t_interval'][1]:+.4f}]"
+                mean = "n/a" if m["delta_mean"] is None else f"{m['delta_mean']:+.4f} ± {m['delta_std']:.4f}"
+                body.append([c["title"], m["metric"], mean, interval, f"{m['bootstrap_significant']}/{m['delta_n']}",
+                             m["verdict"]])
+        return {"header": header, "rows": body, "note": "over seeds; each seed's own paired bootstrap counted"}
+    for c in results["comparisons"]:
+        for m in c["metrics"]:
+            if m.get("verdict") in ("significant", "within noise"):
+                p = "n/a" if m["p_value"] is None else (f"{m['p_value']:.4f}" if m["p_value"] >= 1e-4 else "<1e-4")
+                body.append([c["title"], m["metric"], f"{m['delta']:+.4f}",
+                             f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]", p, m["verdict"]])
+            else:
+                body.append([c["title"], m["metric"], "n/a", "n/a", "n/a", m.get("reason", "n/a")])
+    return {"header": header, "rows": body, "note": "paired bootstrap over the test rows; DeLong's test for AUCs"}
+
+
+# ------------------------------------------------------------------------ output
+def _markdown(title: str, tables: dict, charts: list, directory: Path, oracle: dict) -> str:
+    def table(t):
+        lines = ["| " + " | ".join(t["header"]) + " |", "|" + "---|" * len(t["header"])]
+        lines += ["| " + " | ".join(row) + " |" for row in t["rows"]]
+        return "\n".join(lines)
+
+    parts = [f"# Experiment report: {title}", "", "Generated by `recsmith report` from the run dirs; every number "
+             "comes from them.", "", "## Summary (test split, best checkpoint)", "", f"_{tables['summary']['note']}_",
+             "", table(tables["summary"]), ""]
+    if oracle:
+        parts += ["Oracle AUC (true probabilities): " + ", ".join(f"{k} {v:.4f}" for k, v in oracle.items()), ""]
+    if tables["deltas"]["rows"]:
+        parts += ["## Deltas", "", f"_{tables['deltas']['note']}_", "", table(tables["deltas"]), ""]
+    for caption, path in charts:
+        parts += [f"## {caption}", "", f"![{caption}]({path.relative_to(directory).as_posix()})", ""]
+    return "\n".join(parts)
+
+
+def _html(title: str, tables: dict, charts: list, oracle: dict) -> str:
+    def table(t):
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in t["header"])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t["rows"])
+        return f"<p class='note'>{html.escape(t['note'])}</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    sections = [f"<h2>Summary (test split, best checkpoint)</h2>{table(tables['summary'])}"]
+    if oracle:
+        sections.append("<p>Oracle AUC (true probabilities): " + html.escape(
+            ", ".join(f"{k} {v:.4f}" for k, v in oracle.items())) + "</p>")
+    if tables["deltas"]["rows"]:
+        sections.append(f"<h2>Deltas</h2>{table(tables['deltas'])}")
+    for caption, path in charts:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        sections.append(f"<h2>{html.escape(caption)}</h2><img class='chart' alt='{html.escape(caption)}' "
+                        f"src='data:image/png;base64,{data}'>")
+    script = ("window.addEventListener('load', function () {"
+              " var images = Array.prototype.slice.call(document.querySelectorAll('img.chart'));"
+              " var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;"
+              " document.body.setAttribute('data-charts-loaded', ok + '/' + images.length); });")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}.note{color:#555;font-style:italic}"
+             "img.chart{max-width:100%;border:1px solid #eee}")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<link rel='icon' href='data:,'><style>{style}</style></head><body>"
+            f"<h1>Experiment report: {html.escape(title)}</h1>{''.join(sections)}"
+            f"<script>{script}</script></body></html>\n")
