@@ -41,6 +41,10 @@ def open_in_chromium(page, screenshot=None) -> tuple[str, str]:
     return done.stdout, done.stderr
 
 
+def console_messages(log: str) -> list[str]:
+    return [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
 @pytest.fixture(scope="module")
 def reported_chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
@@ -71,8 +75,10 @@ def test_report_renders_in_headless_chromium(reported_chain):
     assert match, dom[:500]
     loaded, total = map(int, match.groups())
     assert total == 4 and loaded == total  # every chart decoded in the browser
-    console_errors = [line for line in log.splitlines() if "CONSOLE" in line or "Uncaught" in line]
-    assert not console_errors, console_errors
+    assert not console_messages(log), console_messages(log)
+    broken = reported_chain / "broken.html"  # the check itself can fail
+    broken.write_text("<html><body><script>undefinedFunction();</script></body></html>")
+    assert any("Uncaught ReferenceError" in line for line in console_messages(open_in_chromium(broken)[1]))
     assert "Experiment report" in dom and "<table>" in dom
     shot = reported_chain / "report.png"
     open_in_chromium(page, screenshot=shot)
