@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CHAIN, run_cli, tiny_chain_file
+from conftest import CHAIN, console_messages, open_in_chromium, run_cli, tiny_chain_file
 
 pytestmark = pytest.mark.slow
 METRICS_BY_HEADS = {
@@ -297,6 +298,14 @@ def test_seeds_repeat_the_chain_and_summarise_across_seeds(tmp_path):
         assert low <= stat["delta_mean"] <= high
     text = (out / "seeds_delta_analysis.txt").read_text()
     assert "E2 vs E1 (ESMM)" in text and "95% t-interval" in text
+    # the report over the seeds: mean ± std in the tables, and it renders in a browser
+    assert run_cli("report", out).returncode == 0
+    report = (out / "EXPERIMENT_REPORT.md").read_text()
+    mean = e2["metrics"]["auc_ctcvr"]
+    assert f"{mean['mean']:.4f} ± {mean['std']:.4f}" in report and "seeds significant" in report
+    dom, log = open_in_chromium(out / "report.html")
+    loaded, total = map(int, re.search(r'data-charts-loaded="(\d+)/(\d+)"', dom).groups())
+    assert loaded == total >= 3 and not console_messages(log)
 
 
 @pytest.mark.parametrize("seeds", ["0", "a,b", "3,3"])

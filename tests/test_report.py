@@ -1,48 +1,14 @@
 """`recsmith report`: the Markdown and HTML report from run dirs, checked in headless Chromium."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
 
 import pytest
 
-from conftest import run_cli, tiny_chain_file
+from conftest import console_messages, open_in_chromium, run_cli, tiny_chain_file
 
 pytestmark = pytest.mark.slow
-
-
-def chromium() -> str:
-    """Debian's chromium, installed here when missing (the test set-up the report needs)."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
-                       env=env, capture_output=True, timeout=900)
-    found = shutil.which("chromium")
-    if not found:
-        pytest.fail("headless Chromium is needed to check report.html: apt-get install chromium")
-    return found
-
-
-def open_in_chromium(page, screenshot=None) -> tuple[str, str]:
-    """(DOM after load, browser log) of a file in headless Chromium."""
-    command = [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--window-size=1400,3000"]
-    if screenshot:
-        command.append(f"--screenshot={screenshot}")
-    else:
-        command.append("--dump-dom")
-    done = subprocess.run(command + [page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
-    return done.stdout, done.stderr
-
-
-def console_messages(log: str) -> list[str]:
-    return [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
 @pytest.fixture(scope="module")

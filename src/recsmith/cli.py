@@ -146,6 +146,26 @@ def findings(directory: Path = typer.Argument(..., help="A chain's output dir, a
     console.print(f"wrote {path}")
 
 
+# --------------------------------------------------------------------------- sweep
+@app.command()
+def sweep(sweep_file: Path = typer.Argument(..., help="Sweep file (YAML): base config, set, grid/points."),
+          resume: bool = typer.Option(False, "--resume", help="Keep finished points, continue partial ones."),
+          parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="Points trained at once."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the points; run nothing.")) -> None:
+    """Train every point of a sweep (one run dir each), then write sweep_summary.csv/json."""
+    from recsmith.experiments.sweep import Sweep
+
+    plan = Sweep(sweep_file, parallel)
+    if dry_run:
+        for point in plan.points:
+            console.print(f"{point.id}: {point.overrides}", highlight=False)
+        console.print(f"{len(plan.points)} points valid; output {plan.output}")
+        return
+    code = plan.run(resume, echo=lambda text: console.print(text, highlight=False))
+    console.print(f"wrote {plan.output / 'sweep_summary.csv'}")
+    raise typer.Exit(code)
+
+
 # --------------------------------------------------------------------------- chain
 @chain_app.command("validate")
 def chain_validate(chain: Path = typer.Argument(..., help="Chain file (YAML)."),

@@ -24,6 +24,7 @@ from recsmith.train.predictions import Predictions, load_predictions
 
 LEVEL = 0.95
 ALPHA = 0.05
+RESAMPLES = 1000
 KINDS = ("auc", "gauc", "logloss")
 
 
@@ -85,7 +86,7 @@ class _Scored:
             self.samples.append(self.resampled(row_counts if self.rows is None else row_counts[:, self.rows]))
 
 
-def comparison_stats(runs: dict[str, RunDir], comparisons, resamples: int = 1000,
+def comparison_stats(runs: dict[str, RunDir], comparisons, resamples: int = RESAMPLES,
                      seed: int = 0) -> dict[tuple[str, str, str], DeltaStat | str]:
     """{(baseline, candidate, metric): DeltaStat, or the reason there is none}, for every
     metric of every comparison; `runs` maps experiment ids to run dirs. The point values
@@ -109,24 +110,12 @@ def comparison_stats(runs: dict[str, RunDir], comparisons, resamples: int = 1000
             results[(base, cand, metric)] = reason
         else:
             pairs.append((base, cand, metric))
-    if not pairs:
-        return results
-    reference = preds[pairs[0][0]]
-    users = reference.columns.get("user")
-    group_ids = np.unique(users) if users is not None else None
+    by_rows: dict[tuple[str, int], list] = {}  # pairs scored on the same test rows share resamples
+    for pair in pairs:
+        by_rows.setdefault((preds[pair[0]].dataset, preds[pair[0]].rows), []).append(pair)
     scored: dict[tuple[str, str], _Scored] = {}
-    for base, cand, metric in pairs:
-        if metric.startswith("gauc") and group_ids is None:
-            results[(base, cand, metric)] = "no user column for GAUC"
-            continue
-        for exp_id in (base, cand):
-            if (exp_id, metric) not in scored:
-                scored[(exp_id, metric)] = _Scored(metric, preds[exp_id], group_ids)
-    group_chunks = bootstrap_chunks(group_ids.size, resamples, seed + 1) if group_ids is not None else None
-    for row_counts in bootstrap_chunks(reference.rows, resamples, seed):
-        group_counts = next(group_chunks) if group_chunks is not None else None
-        for item in scored.values():
-            item.add(row_counts, group_counts)
+    for group in by_rows.values():
+        _resample(group, preds, scored, results, resamples, seed)
     for base, cand, metric in pairs:
         if (base, cand, metric) in results:
             continue
@@ -140,6 +129,27 @@ def comparison_stats(runs: dict[str, RunDir], comparisons, resamples: int = 1000
         results[(base, cand, metric)] = DeltaStat(metric, point_a, point_b, point_b - point_a, low, high, p_value,
                                                   "significant" if significant else "within noise")
     return results
+
+
+def _resample(pairs: list, preds: dict, scored: dict, results: dict, resamples: int, seed: int) -> None:
+    """Score every (run, metric) of these pairs on the same bootstrap resamples."""
+    reference = preds[pairs[0][0]]
+    users = reference.columns.get("user")
+    group_ids = np.unique(users) if users is not None else None
+    mine = []
+    for base, cand, metric in pairs:
+        if metric.startswith("gauc") and group_ids is None:
+            results[(base, cand, metric)] = "no user column for GAUC"
+            continue
+        for exp_id in (base, cand):
+            if (exp_id, metric) not in scored:
+                scored[(exp_id, metric)] = _Scored(metric, preds[exp_id], group_ids)
+                mine.append(scored[(exp_id, metric)])
+    group_chunks = bootstrap_chunks(group_ids.size, resamples, seed + 1) if group_ids is not None else None
+    for row_counts in bootstrap_chunks(reference.rows, resamples, seed):
+        group_counts = next(group_chunks) if group_chunks is not None else None
+        for item in mine:
+            item.add(row_counts, group_counts)
 
 
 def _unpairable(a: Predictions | None, b: Predictions | None, base: str, cand: str) -> str | None:

@@ -34,8 +34,12 @@ def build_findings(directory: str | Path) -> Path:
     lines += ["", "## Best configuration", ""]
     key = _common_primary(done)
     if key:
+        if seeds:  # rank by the mean over seeds
+            means = {e["exp_id"]: e["metrics"].get(key, {}).get("mean") for e in seeds["experiments"]}
+            done = [{**r, key: means.get(r["exp_id"])} for r in done]
         best = max((r for r in done if r.get(key) is not None), key=lambda r: r[key])
-        lines.append(f"By test `{key}` (the primary key most experiments share): **{best['exp_id']}**"
+        what = "mean over seeds of test" if seeds else "test"
+        lines.append(f"By {what} `{key}` (the primary key most experiments share): **{best['exp_id']}**"
                      f" ({best.get('description') or 'no description'}), {key} = {best[key]:.4f}"
                      f" (run dir `{best['run_dir']}`).")
         oracle = best.get(f"oracle_{key}")

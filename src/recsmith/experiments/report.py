@@ -60,6 +60,9 @@ def build_report(directory: str | Path) -> tuple[Path, Path]:
     oracle = next(({m.removeprefix("oracle_"): r[m] for m in r if m.startswith("oracle_") and r[m] is not None}
                    for r in rows if r.get("oracle_auc_ctr") is not None), {})
     successful = [r for r in rows if r["status"] == "success"]
+    if results["seeds"]:  # bars and table show the mean over seeds
+        means = {e["exp_id"]: {m: s["mean"] for m, s in e["metrics"].items()} for e in results["seeds"]["experiments"]}
+        successful = [{**r, **means.get(r["exp_id"], {})} for r in successful]
     errors, error_label = _errors(results, successful, runs)
     charts = []
     if successful:

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from recsmith.atomic import write_json_atomic, write_text_atomic
-from recsmith.experiments.comparisons import DeltaStat, comparison_stats
+from recsmith.experiments.comparisons import RESAMPLES, DeltaStat, comparison_stats
 from recsmith.run_dir import RunDir
 
 METRIC_COLUMNS = ("auc_primary", "auc_ctr", "auc_cvr", "auc_cvr_masked", "auc_ctcvr", "auc_cvr_entire",
@@ -93,7 +93,7 @@ def delta_analysis(chain, rows: list[dict], stats: dict | None = None) -> str:
              "Test split, each run's best checkpoint (selected on valid by its primary key).",
              "Δrel = Δabs / baseline. 'gap closed' = Δabs / (oracle − baseline): the share of the",
              "distance to the ceiling (AUC of the true probabilities) that the change covered.",
-             "95% CI: paired bootstrap of Δabs (1000 resamples of the test rows, the same for",
+             f"95% CI: paired bootstrap of Δabs ({RESAMPLES} resamples of the test rows, the same for",
              "both runs; users resampled for GAUC). p: DeLong's test (AUCs). Verdict: 'significant'",
              "when the CI excludes 0 and p < 0.05, else 'within noise'.", ""]
     oracle = next((r for r in rows if r.get("oracle_auc_ctr") is not None), None)
