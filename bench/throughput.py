@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from recsmith.env_info import busy_cpu_seconds
+
 REPO = Path(__file__).resolve().parents[1]
 STRUCTURES = {
     "E0a": "E0a_deepfm_st_ctr",
@@ -52,11 +54,6 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------- machine load
-def _busy_ticks() -> int:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # everything but idle and iowait
-
-
 def _own_ticks() -> int:
     fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
@@ -66,13 +63,13 @@ class CpuWatch:
     """The share of all cores that processes other than this one used while it ran."""
 
     def __enter__(self):
-        self.wall, self.busy, self.own = time.perf_counter(), _busy_ticks(), _own_ticks()
+        self.wall, self.busy, self.own = time.perf_counter(), busy_cpu_seconds(), _own_ticks()
         return self
 
     def __exit__(self, *exc):
         seconds = time.perf_counter() - self.wall
-        other = (_busy_ticks() - self.busy) - (_own_ticks() - self.own)
-        self.other_share = max(0.0, other / CLOCK_TICKS / (seconds * os.cpu_count()))
+        other = (busy_cpu_seconds() - self.busy) - (_own_ticks() - self.own) / CLOCK_TICKS
+        self.other_share = max(0.0, other / (seconds * os.cpu_count()))
         self.seconds = seconds
 
 

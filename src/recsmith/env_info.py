@@ -12,6 +12,15 @@ from pathlib import Path
 import recsmith
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU time all processes have spent not idle since boot, summed over cores (Linux)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
 def _git(*args: str) -> str | None:
     source = Path(recsmith.__file__).resolve().parent
     try:

@@ -28,6 +28,7 @@ import io
 import itertools
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -39,10 +40,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recsmith.atomic import write_json_atomic, write_text_atomic
 from recsmith.config.loader import dump_yaml, load_with_extends, resolve_experiment, validate_model
+from recsmith.env_info import busy_cpu_seconds
 from recsmith.errors import ChainError, ConfigError
 from recsmith.experiments.summary import run_status
 from recsmith.metrics.funnel import lower_is_better
 from recsmith.run_dir import RunDir
+
+
+SHARED = 0.1  # other processes using more than this share of the CPUs: the timing is not clean
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class SaveModel(BaseModel):
@@ -120,14 +130,18 @@ class Sweep:
         if resume and point.run.ckpt_last.exists():
             command.append("--resume")
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
-        load_before = os.getloadavg()[0]
-        started = time.time()
+        busy, children, started = busy_cpu_seconds(), _children_cpu_seconds(), time.time()
         with open(point.run.output, "a", encoding="utf-8") as log:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        wall = time.time() - started
+        others = None  # the CPU share other processes took (alone only: parallel workers' children mix)
+        if self.parallel == 1 and busy is not None:
+            spent = (busy_cpu_seconds() - busy) - (_children_cpu_seconds() - children)
+            others = round(max(0.0, spent / (wall * (os.cpu_count() or 1))), 3)
         outcome = {"point": point.id, "overrides": point.overrides, "status": "success" if code == 0 else "failed",
-                   "returncode": code, "wall_seconds": round(time.time() - started, 1), "threads": self.threads,
-                   "parallel": self.parallel, "load_average_at_start": round(load_before, 2),
-                   "machine_shared": self.parallel > 1 or load_before > 0.5}
+                   "returncode": code, "wall_seconds": round(wall, 1), "threads": self.threads,
+                   "parallel": self.parallel, "other_cpu_share": others,
+                   "machine_shared": self.parallel > 1 or (others is not None and others > SHARED)}
         write_json_atomic(point.run.path / "sweep_point.json", outcome)
         return outcome
 
@@ -141,7 +155,8 @@ class Sweep:
                          "status": run_status(point.run), f"valid_{self.primary}": result.get("valid", {}).get(self.primary),
                          f"test_{self.primary}": result.get("test", {}).get(self.primary),
                          "best_step": result.get("best_step"), "wall_seconds": timing.get("wall_seconds"),
-                         "threads": timing.get("threads"), "machine_shared": timing.get("machine_shared"),
+                         "threads": timing.get("threads"), "other_cpu_share": timing.get("other_cpu_share"),
+                         "machine_shared": timing.get("machine_shared"),
                          "run_dir": str(point.run.path)})
         key = f"valid_{self.primary}"
         ranked = sorted((r for r in rows if r[key] is not None), key=lambda r: r[key],
