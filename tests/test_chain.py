@@ -298,6 +298,10 @@ def test_seeds_repeat_the_chain_and_summarise_across_seeds(tmp_path):
         assert low <= stat["delta_mean"] <= high
     text = (out / "seeds_delta_analysis.txt").read_text()
     assert "E2 vs E1 (ESMM)" in text and "95% t-interval" in text
+    before = (out / "seeds_summary.json").read_text()
+    (out / "seeds_summary.json").unlink()
+    assert run_cli("chain", "summarize", chain, "--seeds", "2").returncode == 0
+    assert (out / "seeds_summary.json").read_text() == before
     # the report over the seeds: mean ± std in the tables, and it renders in a browser
     assert run_cli("report", out).returncode == 0
     report = (out / "EXPERIMENT_REPORT.md").read_text()

@@ -220,14 +220,21 @@ def chain_run(chain: Path = typer.Argument(..., help="Chain file (YAML)."),
 @chain_app.command("summarize")
 def chain_summarize(chain: Path = typer.Argument(..., help="Chain file (YAML)."),
                     output: Optional[Path] = typer.Option(None, "--output", help="The chain's output dir."),
+                    seeds: Optional[str] = typer.Option(None, "--seeds", help="As given to chain run --seeds."),
                     set_: Optional[List[str]] = SetOption) -> None:
-    """Rebuild summary.csv/json and delta_analysis.txt from the run dirs."""
+    """Rebuild summary.csv/json and delta_analysis.txt from the run dirs (per seed, and across)."""
     from recsmith.experiments.chain import load_chain
+    from recsmith.experiments.seeds import parse_seeds, with_seed, write_seed_summary
     from recsmith.experiments.summary import build_summary, write_summary
 
     resolved = load_chain(chain, _overrides(set_), output)
-    for path in write_summary(resolved, build_summary(resolved)):
-        console.print(f"wrote {path}")
+    seed_list = parse_seeds(seeds, resolved.base.runtime.seed) if seeds is not None else []
+    for each in [with_seed(resolved, seed) for seed in seed_list] or [resolved]:
+        for path in write_summary(each, build_summary(each)):
+            console.print(f"wrote {path}")
+    if seed_list:
+        for path in write_seed_summary(resolved, seed_list):
+            console.print(f"wrote {path}")
 
 
 # ---------------------------------------------------------------------------- data
