@@ -138,3 +138,33 @@ def test_resampled_auc_is_nan_without_both_classes():
     counts = next(bootstrap_chunks(5, 3, seed=0))
     assert np.isnan(ResampledAUC(np.zeros(5), np.arange(5.0))(counts)).all()
     assert np.isnan(ResampledAUC(np.ones(5), np.arange(5.0))(counts)).all()
+
+
+def test_comparisons_name_what_they_cannot_compute(tmp_path):
+    from types import SimpleNamespace
+
+    from recsmith.experiments.comparisons import comparison_stats
+    from recsmith.run_dir import RunDir
+    from recsmith.tasks import FUNNEL_TASKS
+    from recsmith.train.predictions import save_predictions
+
+    rng = np.random.default_rng(9)
+    y, a, b = correlated_scores(rng, n=500)
+    tasks = {t.name: t for t in FUNNEL_TASKS[:1]}
+    runs = {}
+    for name, scores in (("A", a), ("B", b)):
+        run = RunDir(tmp_path / name).create()
+        save_predictions(run.predictions, {"ctr": 1 / (1 + np.exp(-scores))}, {"click": y.astype(np.float32)},
+                         {"user": rng.integers(0, 20, y.size)}, tasks, dataset="d")
+        runs[name] = run
+    comparison = SimpleNamespace(baseline="A", candidate="B",
+                                 metrics=["auc_ctr", "gauc_ctr", "logloss_ctr", "auc_cvr", "calibration_ctr"])
+    stats = comparison_stats({**runs, "C": RunDir(tmp_path / "C")}, [comparison], resamples=50)
+    assert stats[("A", "B", "auc_ctr")].verdict in ("significant", "within noise")
+    assert stats[("A", "B", "auc_ctr")].candidate == pytest.approx(auc(y, b), abs=1e-9)
+    assert stats[("A", "B", "gauc_ctr")].p_value is None and stats[("A", "B", "logloss_ctr")].p_value is None
+    assert "no interval for 'auc_cvr'" in stats[("A", "B", "auc_cvr")]
+    assert "no interval for metric 'calibration_ctr'" in stats[("A", "B", "calibration_ctr")]
+    missing = comparison_stats({**runs, "C": RunDir(tmp_path / "C")},
+                               [SimpleNamespace(baseline="A", candidate="C", metrics=["auc_ctr"])])
+    assert "no saved test predictions for C" in missing[("A", "C", "auc_ctr")]

@@ -141,10 +141,13 @@ def _resample(pairs: list, preds: dict, scored: dict, results: dict, resamples: 
         if metric.startswith("gauc") and group_ids is None:
             results[(base, cand, metric)] = "no user column for GAUC"
             continue
-        for exp_id in (base, cand):
-            if (exp_id, metric) not in scored:
-                scored[(exp_id, metric)] = _Scored(metric, preds[exp_id], group_ids)
-                mine.append(scored[(exp_id, metric)])
+        try:
+            for exp_id in (base, cand):
+                if (exp_id, metric) not in scored:
+                    scored[(exp_id, metric)] = _Scored(metric, preds[exp_id], group_ids)
+                    mine.append(scored[(exp_id, metric)])
+        except KeyError as exc:  # a metric name whose target these runs do not have
+            results[(base, cand, metric)] = f"no interval for '{metric}': these runs have no {exc}"
     group_chunks = bootstrap_chunks(group_ids.size, resamples, seed + 1) if group_ids is not None else None
     for row_counts in bootstrap_chunks(reference.rows, resamples, seed):
         group_counts = next(group_chunks) if group_chunks is not None else None
