@@ -105,16 +105,19 @@ def _errors(results: dict, rows: list[dict], runs: dict) -> tuple[dict, str]:
         if not run.predictions.is_file():
             continue
         preds = load_predictions(run.predictions)
-        counts = np.concatenate(list(bootstrap_chunks(preds.rows, CI_RESAMPLES, seed=0)))
+        scorers = {}
         for metric in plots.AUC_METRICS:
-            target = metric.removeprefix("auc_")
             if row.get(metric) is None:
                 continue
-            y, p, mask = target_rows(target, preds.probs, preds.labels, preds.columns, preds.tasks)
-            rows_ = np.flatnonzero(mask) if mask is not None else None
-            samples = ResampledAUC(y if rows_ is None else y[rows_], p if rows_ is None else p[rows_])(
-                counts if rows_ is None else counts[:, rows_])
-            out[(row["exp_id"], metric)] = percentile_interval(samples)
+            y, p, mask = target_rows(metric.removeprefix("auc_"), preds.probs, preds.labels, preds.columns,
+                                     preds.tasks)
+            rows_ = np.flatnonzero(mask) if mask is not None else slice(None)
+            scorers[metric] = (rows_, ResampledAUC(y[rows_], p[rows_]), [])
+        for counts in bootstrap_chunks(preds.rows, CI_RESAMPLES, seed=0):  # a block of resamples at a time
+            for rows_, scorer, samples in scorers.values():
+                samples.append(scorer(counts[:, rows_]))
+        for metric, (_, _, samples) in scorers.items():
+            out[(row["exp_id"], metric)] = percentile_interval(np.concatenate(samples))
     return out, f"95% bootstrap interval, {CI_RESAMPLES} resamples of the test rows"
 
 
