@@ -144,7 +144,51 @@ class PLEConfig(Strict):
         return self
 
 
+class DINConfig(Strict):
+    """DIN's attention and MLP; the three ablation switches are off by default."""
+
+    attention_hidden_dims: list[int] = [64, 32]
+    mlp_hidden_dims: list[int] = [128, 64]
+    time_decay: bool = False  # attention × exp(-λ·age in days), λ learned
+    multi_head: bool = False  # num_heads attention heads over embedding chunks
+    num_heads: int = Field(4, ge=1, le=64)
+    enhanced_mlp: bool = False  # residual blocks + LayerNorm instead of the plain MLP
+    interest_dim: int = Field(64, ge=1, le=4096)  # the user-interest vector the hybrid reads
+
+
+class SequentialConfig(Strict):
+    """A next-item model over the user's time-ordered history (`model.family: sequential`)."""
+
+    architecture: str = "sasrec"
+    max_length: int = Field(50, ge=2, le=1000)  # most recent history items a prediction sees
+    hidden_dim: int = Field(64, ge=1, le=4096)
+    num_layers: int = Field(2, ge=1, le=16)
+    num_heads: int = Field(2, ge=1, le=64)
+    inner_dim: int = Field(256, ge=1, le=16384)  # SASRec's point-wise feed-forward width
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    objective: Optional[Literal["softmax", "bce"]] = None  # None: the paper's (bce for din, else softmax)
+    din: DINConfig = Field(default_factory=DINConfig)
+
+    @model_validator(mode="after")
+    def _known_architecture(self):
+        from recsmith.models.sequential import ENCODERS
+
+        if self.architecture != "din" and self.architecture not in ENCODERS:
+            raise ValueError(ENCODERS.unknown(self.architecture).replace("(choose from ", "(choose from din, "))
+        paper = "bce" if self.architecture == "din" else "softmax"
+        if self.objective is None:
+            self.objective = paper
+        elif self.objective != paper:
+            raise ValueError(f"objective '{self.objective}': {self.architecture} is trained with '{paper}' here "
+                             "(softmax = cross-entropy over all items; bce = DIN's candidate click loss)")
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} must be divisible by num_heads {self.num_heads}")
+        return self
+
+
 class ModelConfig(Strict):
+    family: Literal["ranking", "sequential"] = "ranking"
+    sequential: SequentialConfig = Field(default_factory=SequentialConfig)
     backbone: str = "deepfm"
     deep_hidden_dims: list[int] = [256, 128]
     fm_projection_dim: int = Field(16, ge=1, le=1024)
@@ -239,9 +283,27 @@ class BestSelectionConfig(Strict):
     mode: Literal["max", "min"] = "max"
 
 
+class TopKConfig(Strict):
+    """How next-item predictions are ranked for HR/NDCG/MRR/Precision@K (sequential family)."""
+
+    protocol: Literal["full", "sampled"] = "full"  # rank the target among all items, or among sampled ones
+    sampled_negatives: int = Field(100, ge=1, le=100_000)  # protocol sampled: never-rated items, seeded
+    exclude_history: bool = False  # drop items the user already has in the history from the ranking
+    cutoffs: list[int] = [5, 10, 20]
+
+    @field_validator("cutoffs")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 1 for k in value) or len(set(value)) != len(value):
+            raise ValueError(f"cutoffs must be distinct positive integers, got {value}")
+        return sorted(value)
+
+
 class RuntimeConfig(Strict):
     seed: int = 20260127
     max_train_steps: int = Field(2000, ge=1)
+    max_train_seconds: Optional[float] = Field(None, gt=0.0)  # a wall-clock budget (training + validation)
+    early_stopping_patience: Optional[int] = Field(None, ge=1)  # evaluations without improvement before stopping
     amp: Union[bool, Literal["auto"]] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every_steps: int = Field(500, ge=1)
@@ -273,10 +335,15 @@ class ExperimentConfig(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     lr_scheduler: LRSchedulerConfig = Field(default_factory=LRSchedulerConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    topk: TopKConfig = Field(default_factory=TopKConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.model.family == "sequential":
+            self._check_schedule()
+            self._check_primary_key()
+            return self
         heads, model = set(self.model.enabled_heads), self.model
         if set(model.tasks) != heads:
             raise ValueError(
@@ -332,13 +399,18 @@ class ExperimentConfig(Strict):
     def _check_primary_key(self) -> None:
         from recsmith.errors import did_you_mean
         from recsmith.metrics.funnel import lower_is_better, selectable_metrics
+        from recsmith.metrics.ranking import sequential_metric_names
 
         key, mode = self.runtime.best_selection.primary_key, self.runtime.best_selection.mode
-        allowed = selectable_metrics(self.model.enabled_heads, self.data.source == "synthetic")
+        if self.model.family == "sequential":
+            allowed, what = sequential_metric_names(self.topk.cutoffs) + ["loss"], "sequential models"
+        else:
+            allowed = selectable_metrics(self.model.enabled_heads, self.data.source == "synthetic")
+            what = f"heads {self.model.enabled_heads}"
         if key not in allowed:
             raise ValueError(
                 f"runtime.best_selection.primary_key: '{key}' is not a metric of this experiment "
-                f"(heads {self.model.enabled_heads}; choose from {', '.join(allowed)})"
+                f"({what}; choose from {', '.join(allowed)})"
                 f"{did_you_mean(key, allowed)}"
             )
         expected = "min" if lower_is_better(key) else "max"

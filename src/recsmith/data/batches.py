@@ -22,6 +22,11 @@ class Batch:
     dense: torch.Tensor  # [B, D] float32
     labels: dict[str, torch.Tensor]  # name -> [B] float32
 
+    @property
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ranking model's forward arguments."""
+        return self.sparse, self.dense
+
     def to(self, device: torch.device) -> "Batch":
         if device.type == "cpu":
             return self

@@ -10,6 +10,13 @@ from recsmith.tasks import esmm_pair
 
 def check_experiment_fits(cfg, schema: DatasetSchema) -> None:
     """A ConfigError naming the key when the config asks for what the dataset lacks."""
+    sequence_data = schema.meta.get("view") == "sequence"
+    if cfg.model.family == "sequential" or sequence_data:
+        if cfg.model.family != "sequential" or not sequence_data:
+            raise ConfigError(f"model.family: '{cfg.model.family}' does not fit dataset '{schema.name}' "
+                              f"(view {schema.meta.get('view', 'tabular')}); sequential models need "
+                              "data.options.view: sequence, and sequence data needs model.family: sequential")
+        return
     tasks = schema.task_specs
     for head in cfg.model.enabled_heads:
         if head not in tasks:

@@ -88,3 +88,14 @@ def build_loss(cfg, tasks: dict[str, TaskSpec]):
     if cfg.use_esmm:
         return ESMMLoss(*esmm_pair(tasks), cfg.esmm.lambda_cvr_aux)
     return MultiTaskLoss([tasks[head] for head in cfg.model.enabled_heads])
+
+
+class NextItemLoss:
+    """Cross-entropy over all items at every predicted position (SASRec, GRU4Rec, NARM):
+    logits["next_item"] [P, I] (column j: item j + 1), labels["next_item"] [P] item ids ≥ 1."""
+
+    required_logits = ["next_item"]
+
+    def __call__(self, logits: dict[str, Tensor], labels: dict[str, Tensor]):
+        loss = F.cross_entropy(logits["next_item"].float(), labels["next_item"].long() - 1)
+        return loss, {"loss_next_item": loss}

@@ -27,6 +27,7 @@ from recsmith.train.evaluate import evaluate
 from recsmith.train.losses import build_loss
 from recsmith.train.precision import resolve_precision
 from recsmith.train.predictions import save_predictions
+from recsmith.train.sequential import SequentialSetup
 from recsmith.train.trainer import Trainer
 
 log = logging.getLogger("recsmith.train")
@@ -122,13 +123,9 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     precision = resolve_precision(cfg.runtime.amp, device)
     write_json_atomic(run.env, environment(device, precision.describe()))
 
-    schema = DatasetSchema.load(dataset_dir)
-    train, valid = load_training_data(cfg, dataset_dir, schema)
-    model = build_model(schema, cfg).to(device)
-    loss_fn = build_loss(cfg, schema.task_specs)
-    stream = TrainStream(train, cfg.data.batch_size, seed=cfg.runtime.seed,
-                         keep_negatives=cfg.data.neg_keep_prob_train, label=schema.tasks[0].label)
-    trainer = Trainer(cfg, run, model, loss_fn, stream, valid, device, precision)
+    setup = (SequentialSetup if cfg.model.family == "sequential" else RankingSetup)(cfg, dataset_dir, device, precision)
+    model = setup.model
+    trainer = Trainer(cfg, run, model, setup.loss_fn, setup.stream, setup.evaluate_valid, device, precision)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
         for path in (run.metrics, run.health):
@@ -137,14 +134,18 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     else:  # a fresh start: records of an attempt that never reached a checkpoint go
         for path in (run.metrics, run.health):
             path.unlink(missing_ok=True)
-        log.info("training %s: %d train rows, %d valid rows, %d parameters, %s on %s", cfg.name,
-                 len(train), len(valid), sum(p.numel() for p in model.parameters()),
-                 precision.describe(), device)
+        log.info("training %s: %s, %d parameters, %s on %s", cfg.name, setup.describe(),
+                 sum(p.numel() for p in model.parameters()), precision.describe(), device)
     started = time.perf_counter()
     trainer.fit(on_step)
     train_seconds = time.perf_counter() - started
 
-    result = final_evaluation(cfg, run, model, loss_fn, dataset_dir, schema, device, precision)
+    result = {"name": cfg.name, "primary_key": cfg.runtime.best_selection.primary_key,
+              "max_train_steps": cfg.runtime.max_train_steps, **setup.final_evaluation(run, dataset_dir)}
+    result["valid"] = valid_at_best(run, result["best_step"])
+    result.update(dataset=str(dataset_dir), parameters=sum(p.numel() for p in model.parameters()),
+                  stop_reason=trainer.stop_reason, train_seconds=round(trainer.seconds, 2),
+                  steps=trainer.step, epochs=round(trainer.step * cfg.data.batch_size / len(setup.stream.data), 3))
     result["train_seconds_this_session"] = round(train_seconds, 2)
     write_json_atomic(run.eval, result)
     log.info("done: best %s=%.6f at step %s; test %s=%.6f", result["primary_key"],
@@ -153,26 +154,38 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     return result
 
 
-def final_evaluation(cfg, run: RunDir, model, loss_fn, dataset_dir, schema, device, precision) -> dict:
-    """Evaluate the best checkpoint on the test split; the valid metrics at the best step."""
-    best = load_checkpoint(run.ckpt_best)
-    model.load_state_dict(best["model"])
-    test = load_split(dataset_dir, schema, "test")
-    key = cfg.runtime.best_selection.primary_key
-    keep = functools.partial(save_predictions, run.predictions, dataset=str(dataset_dir))
-    test_metrics, gates = evaluate(model, loss_fn, test, cfg.data.eval_batch_size, device, precision, key, keep)
-    valid_records = [r for r in RunDir.read_jsonl(run.metrics)
-                     if r.get("type") == "valid" and r.get("step") == best["step"]]
-    valid_metrics = {k: v for k, v in valid_records[-1].items() if k not in ("type", "step")} if valid_records else {}
-    return {
-        "name": cfg.name,
-        "primary_key": key,
-        "best_step": best["step"],
-        "max_train_steps": cfg.runtime.max_train_steps,
-        "valid": valid_metrics,
-        "test": test_metrics,
-        "expert_health_test": gates.report(model.gate_experts),
-        "dataset": str(dataset_dir),
-        "test_rows": len(test),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+class RankingSetup:
+    """Model, loss, train stream and evaluations of one ranking (multi-task) run."""
+
+    def __init__(self, cfg, dataset_dir: Path, device: torch.device, precision):
+        self.cfg, self.device, self.precision = cfg, device, precision
+        self.schema = DatasetSchema.load(dataset_dir)
+        self.train, self.valid = load_training_data(cfg, dataset_dir, self.schema)
+        self.model = build_model(self.schema, cfg).to(device)
+        self.loss_fn = build_loss(cfg, self.schema.task_specs)
+        self.stream = TrainStream(self.train, cfg.data.batch_size, seed=cfg.runtime.seed,
+                                  keep_negatives=cfg.data.neg_keep_prob_train, label=self.schema.tasks[0].label)
+
+    def describe(self) -> str:
+        return f"{len(self.train)} train rows, {len(self.valid)} valid rows"
+
+    def evaluate_valid(self, model):
+        return evaluate(model, self.loss_fn, self.valid, self.cfg.data.eval_batch_size, self.device, self.precision,
+                        self.cfg.runtime.best_selection.primary_key)
+
+    def final_evaluation(self, run: RunDir, dataset_dir: Path) -> dict:
+        """The best checkpoint on the test split."""
+        best = load_checkpoint(run.ckpt_best)
+        self.model.load_state_dict(best["model"])
+        test = load_split(dataset_dir, self.schema, "test")
+        keep = functools.partial(save_predictions, run.predictions, dataset=str(dataset_dir))
+        test_metrics, gates = evaluate(self.model, self.loss_fn, test, self.cfg.data.eval_batch_size, self.device,
+                                       self.precision, self.cfg.runtime.best_selection.primary_key, keep)
+        return {"best_step": best["step"], "test": test_metrics, "test_rows": len(test),
+                "expert_health_test": gates.report(self.model.gate_experts)}
+
+
+def valid_at_best(run: RunDir, best_step: int) -> dict:
+    """The validation metrics recorded at the best step."""
+    records = [r for r in RunDir.read_jsonl(run.metrics) if r.get("type") == "valid" and r.get("step") == best_step]
+    return {k: v for k, v in records[-1].items() if k not in ("type", "step")} if records else {}

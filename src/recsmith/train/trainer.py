@@ -14,7 +14,6 @@ import torch
 from recsmith.errors import TrainingError
 from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import rng_state, restore_rng_state, save_checkpoint
-from recsmith.train.evaluate import evaluate
 from recsmith.train.optim import build_optimizer
 from recsmith.train.schedule import build_schedulers
 
@@ -42,19 +41,22 @@ class BestTracker:
 
 
 class Trainer:
-    def __init__(self, cfg, run: RunDir, model, loss_fn, stream, valid, device, precision):
+    def __init__(self, cfg, run: RunDir, model, loss_fn, stream, evaluate_valid: Callable, device, precision):
+        """`evaluate_valid(model) -> (metrics, GateStats)` scores the validation split."""
         missing = set(loss_fn.required_logits) - set(model.tasks)
         if missing:
             raise TrainingError(f"the loss needs logits {sorted(missing)} that the model does not produce")
         self.cfg, self.run, self.model, self.loss_fn = cfg, run, model, loss_fn
         torch.set_flush_denormal(cfg.runtime.flush_denormal)  # process-wide; denormals are slow on CPUs
-        self.stream, self.valid, self.device, self.precision = stream, valid, device, precision
+        self.stream, self.evaluate_valid, self.device, self.precision = stream, evaluate_valid, device, precision
         self.optimizer = build_optimizer(model, cfg)
         self.schedulers = build_schedulers(self.optimizer, cfg.lr_scheduler)
         self.scaler = precision.grad_scaler()
         selection = cfg.runtime.best_selection
         self.best = BestTracker(selection.primary_key, selection.mode)
         self.step = 0
+        self.seconds = 0.0  # training + validation time, against runtime.max_train_seconds
+        self.stop_reason = "max_train_steps"
 
     # ------------------------------------------------------------------ the loop
     def fit(self, on_step: Optional[Callable[[int, dict], None]] = None) -> None:
@@ -62,10 +64,11 @@ class Trainer:
         self.model.train()
         batches = iter(self.stream)
         running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+        self._clock = time.perf_counter()
         while self.step < rt.max_train_steps:
             loss, terms = self.train_step(next(batches))
             running, count = running + loss.detach(), count + 1
-            last = self.step == rt.max_train_steps
+            last = self.step == rt.max_train_steps or self._out_of_budget()
             if self.step % rt.log_every_steps == 0 or last:
                 record = self._log_train(running / count, terms, count, time.perf_counter() - tick)
                 running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
@@ -74,12 +77,31 @@ class Trainer:
             if self.step % rt.eval_every_steps == 0 or last:
                 self.evaluate_and_checkpoint()
                 tick = time.perf_counter()  # samples_per_s measures training only
+                last = last or self._patience_exhausted()
+            if last:
+                break
+
+    def _out_of_budget(self) -> bool:
+        """runtime.max_train_seconds spent (training and validation, earlier sessions included)."""
+        now = time.perf_counter()
+        self.seconds, self._clock = self.seconds + now - self._clock, now
+        if self.cfg.runtime.max_train_seconds and self.seconds >= self.cfg.runtime.max_train_seconds:
+            self.stop_reason = "max_train_seconds"
+            return True
+        return False
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.cfg.runtime.early_stopping_patience
+        if patience and self.best.step is not None and self.step - self.best.step >= patience * self.cfg.runtime.eval_every_steps:
+            self.stop_reason = "early_stopping"
+            return True
+        return False
 
     def train_step(self, batch) -> tuple[torch.Tensor, dict]:
         """One update: forward, loss, backward, both optimizers, both schedules."""
         batch = batch.to(self.device)
         with self.precision.autocast():
-            logits = self.model(batch.sparse, batch.dense)
+            logits = self.model(*batch.inputs)
         loss, terms = self.loss_fn(logits, batch.labels)
         self.optimizer.zero_grad()
         (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -105,8 +127,7 @@ class Trainer:
 
     def evaluate_and_checkpoint(self) -> None:
         started = time.perf_counter()
-        metrics, gates = evaluate(self.model, self.loss_fn, self.valid, self.cfg.data.eval_batch_size,
-                                  self.device, self.precision, self.best.key)
+        metrics, gates = self.evaluate_valid(self.model)
         RunDir.append(self.run.metrics, {"type": "valid", "step": self.step, **metrics})
         decision = self.best.decide(self.step, metrics[self.best.key])
         RunDir.append(self.run.metrics, decision)
@@ -131,6 +152,7 @@ class Trainer:
             "rng": rng_state(),
             "data": self.stream.state(),
             "best": {"value": self.best.value, "step": self.best.step},
+            "train_seconds": self.seconds,
             "config": self.cfg.model_dump(mode="json"),
         }
 
@@ -145,3 +167,4 @@ class Trainer:
         self.stream.load_state(state["data"])
         self.best.value, self.best.step = state["best"]["value"], state["best"]["step"]
         self.step = int(state["step"])
+        self.seconds = float(state.get("train_seconds", 0.0))

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recsmith.data.download import fetch
 from recsmith.data.prepare import LINE, SPLIT, Chunk, RejectLog, SplitRule, TabularSpec, prepare_cached, prepare_tabular
 from recsmith.data.readers import find_file, read_delimited
+from recsmith.data.sequence_dataset import write_sequence_dataset
 from recsmith.data.sources import SOURCES, Progress, cache_dir, cache_root, source_options
 from recsmith.errors import DataError
 from recsmith.features.definitions import FeatureSet
@@ -44,10 +45,13 @@ ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
                  "Thriller", "War", "Western")
 
+ML1M_GENRES = ML100K_GENRES[1:]  # ML-1M has no "unknown" genre
+
 
 class MovieLensOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    view: Literal["funnel", "ctr_rating", "ctr_implicit"] = "funnel"
+    view: Literal["funnel", "ctr_rating", "ctr_implicit", "sequence"] = "funnel"
+    history: Literal["strict_time", "order"] = "strict_time"  # view sequence: what a prediction sees
     positive_rating: int = Field(4, ge=1, le=5)
     negatives_per_positive: int = Field(4, ge=1, le=100)
     valid_fraction: float = Field(0.1, gt=0.0, lt=0.5)
@@ -61,6 +65,7 @@ class Ratings:
     ratings: pa.Table  # user, item, rating, ts, __line__
     users: pa.Table  # user, gender, age, occupation, zip3
     items: pa.Table  # item, year, genre, genre_count
+    genre_flags: np.ndarray  # [items, genres] bool, rows aligned with `items`
 
 
 # --------------------------------------------------------------------- raw files
@@ -81,6 +86,7 @@ def read_ml100k(folder: Path, rejects: RejectLog) -> Ratings:
                   "occupation": users["occupation"], "zip3": pc.utf8_slice_codeunits(users["zip"], 0, 3)}),
         pa.table({"item": items["item"], "year": pa.array(years, pa.float64()),
                   "genre": pa.array(first, pa.string()), "genre_count": pa.array(flags.sum(1).astype(np.float64))}),
+        flags,
     )
 
 
@@ -102,6 +108,7 @@ def read_ml1m(folder: Path, rejects: RejectLog) -> Ratings:
         pa.table({"item": movies["item"], "year": pa.array(years, pa.float64()),
                   "genre": pa.array([g[0] if g else None for g in genres], pa.string()),
                   "genre_count": pa.array([float(len(g)) for g in genres])}),
+        np.array([[name in g for name in ML1M_GENRES] for g in genres], dtype=bool).reshape(len(genres), len(ML1M_GENRES)),
     )
 
 
@@ -272,6 +279,23 @@ def _source(name: str):
             for start in range(0, view.num_rows, 500_000):
                 yield Chunk(view.slice(start, 500_000), variant.folder)
 
+        def build_sequences(staging: Path, rejects: Path) -> None:
+            log = RejectLog(rejects)
+            try:
+                raw = variant.read(folder, log)
+            finally:
+                log.close()
+            bad = log.count / max(raw.ratings.num_rows + log.count, 1)
+            if bad > data_cfg.max_bad_rows:
+                raise DataError(f"{folder}: {log.count} malformed rows ({bad:.2%}) exceed data.max_bad_rows; "
+                                f"see {rejects}")
+            schema = write_sequence_dataset(name, raw.ratings, raw.users, raw.items, raw.genre_flags, options.history,
+                                            options.negatives_per_positive, options.positive_rating,
+                                            data_cfg.seed, staging)
+            schema.meta["raw_counts"] = {"ratings": raw.ratings.num_rows, "users": raw.users.num_rows,
+                                         "items": raw.items.num_rows}
+            schema.save(staging)
+
         def build(staging: Path, rejects: Path) -> None:
             spec = TabularSpec(
                 name=name, source=name, features=feature_set(name), labels=labels, tasks=tasks,
@@ -284,7 +308,7 @@ def _source(name: str):
             schema.meta["raw_counts"] = built["counts"]
             schema.save(staging)
 
-        return prepare_cached(cache_dir(name, payload), build)
+        return prepare_cached(cache_dir(name, payload), build_sequences if options.view == "sequence" else build)
 
     movielens.__doc__ = f"MovieLens ({variant.folder}), prepared in the chosen view and cached."
     return movielens

@@ -1,0 +1,123 @@
+"""Explicit features of a (target event, candidate item) pair, for LightGBM, the hybrid and
+CTR-style candidate rows. Every feature is computed only from interactions strictly before
+the prediction: the user's visible history (see recsmith.data.sequences) and, for item
+statistics, every user's interactions with a timestamp before the target's.
+
+Categorical (codes, 0 = unknown): user_id, item_id, gender, occupation, genre, hour, weekday.
+Numeric: age, year, genre_count (profile and item attributes); item_pop, item_pop_30d,
+item_mean_rating (the item before the target time); hist_len, hist_mean_rating,
+hist_mean_log_pop, days_since_first, days_since_last, user_events_30d (sequence
+statistics); genre_overlap, first_genre_share, year_gap, user_genre_mean_rating,
+pop_vs_history (cross features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsmith.data.sequences import DAY, InteractionLog
+
+CATEGORICAL = ("user_id", "item_id", "gender", "occupation", "genre", "hour", "weekday")
+NUMERIC = ("age", "year", "genre_count", "item_pop", "item_pop_30d", "item_mean_rating", "hist_len",
+           "hist_mean_rating", "hist_mean_log_pop", "days_since_first", "days_since_last", "user_events_30d",
+           "genre_overlap", "first_genre_share", "year_gap", "user_genre_mean_rating", "pop_vs_history")
+IDS = ("user_id", "item_id")  # identifiers: embeddings for neural models, not LightGBM features
+
+
+@dataclass
+class Attributes:
+    """Side information by code: users [U + 1], items [I + 1] (row 0 = unknown)."""
+
+    gender: np.ndarray  # int64 codes
+    occupation: np.ndarray  # int64 codes
+    age: np.ndarray  # float64 (NaN unknown)
+    year: np.ndarray  # float64 (NaN unknown)
+    genre_flags: np.ndarray  # [I + 1, G] float32 multi-hot
+    genre: np.ndarray  # int64 first-genre code + 1 (0 = none)
+
+    def vocab_sizes(self) -> dict[str, int]:
+        return {"gender": int(self.gender.max()) + 1, "occupation": int(self.occupation.max()) + 1,
+                "genre": self.genre_flags.shape[1] + 1, "hour": 24, "weekday": 7}
+
+
+class FeatureBuilder:
+    """Prefix sums over the sorted log (per user) and over the log sorted by (item, time)
+    (per item), so any pair's features are a few gathers and one binary search."""
+
+    def __init__(self, log: InteractionLog, attrs: Attributes):
+        self.log, self.attrs = log, attrs
+        flags = attrs.genre_flags[log.item]  # [E, G]
+        by_item = np.lexsort((log.ts, log.item))
+        self.item_keys = log.item[by_item] * (1 << 40) + log.ts[by_item]  # sorted
+        self.item_rating_sum = _prefix(log.rating[by_item].astype(np.float64))
+        pop_then = self._item_count(log.item, log.ts)  # popularity of each event's item at its time
+        self.user_sums = {  # per-event prefix sums, indexed like the log with a leading 0
+            "count": _prefix(np.ones(len(log))),
+            "rating": _prefix(log.rating.astype(np.float64)),
+            "log_pop": _prefix(np.log1p(pop_then)),
+            "year": _prefix(np.nan_to_num(attrs.year[log.item])),
+            "has_year": _prefix(np.isfinite(attrs.year[log.item]).astype(np.float64)),
+        }
+        self.genre_counts = _prefix(flags)  # [E + 1, G]
+        self.genre_ratings = _prefix(flags * log.rating[:, None].astype(np.float32))
+
+    def _item_count(self, item: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """Interactions with `item` (any user) with a timestamp < `before`."""
+        return (np.searchsorted(self.item_keys, item * (1 << 40) + before, "left")
+                - np.searchsorted(self.item_keys, item * (1 << 40), "left")).astype(np.float64)
+
+    def _item_rating_sum(self, item: np.ndarray, before: np.ndarray) -> np.ndarray:
+        hi = np.searchsorted(self.item_keys, item * (1 << 40) + before, "left")
+        lo = np.searchsorted(self.item_keys, item * (1 << 40), "left")
+        return self.item_rating_sum[hi] - self.item_rating_sum[lo]
+
+    def features(self, events: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
+        """Features of pairs (events[n], candidates[n]); both [N]. Categorical as int64
+        codes, numeric as float32 (NaN where undefined, e.g. no rating yet)."""
+        log, attrs = self.log, self.attrs
+        user, t = log.user[events], log.ts[events]
+        lo, hi = log.user_start[user], log.prefix_end[events]
+        s = {name: v[hi] - v[lo] for name, v in self.user_sums.items()}
+        n = s["count"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pop = self._item_count(candidates, t)
+            hist_mean_log_pop = s["log_pop"] / n
+            cand_flags = attrs.genre_flags[candidates]  # [N, G]
+            hist_genres = self.genre_counts[hi] - self.genre_counts[lo]  # [N, G]
+            first = np.clip(attrs.genre[candidates] - 1, 0, None)
+            rows = np.arange(len(events))
+            first_count = np.where(attrs.genre[candidates] > 0, hist_genres[rows, first], np.nan)
+            first_rating = (self.genre_ratings[hi] - self.genre_ratings[lo])[rows, first]
+            last_seen = np.where(hi > lo, log.ts[np.maximum(hi - 1, 0)], t)
+            out = {
+                "user_id": user, "item_id": candidates,
+                "gender": attrs.gender[user], "occupation": attrs.occupation[user], "genre": attrs.genre[candidates],
+                "hour": (t // 3600) % 24, "weekday": (t // 86400 + 3) % 7,  # 1970-01-01 was a Thursday
+                "age": attrs.age[user], "year": attrs.year[candidates], "genre_count": cand_flags.sum(1),
+                "item_pop": pop, "item_pop_30d": pop - self._item_count(candidates, t - 30 * 86400),
+                "item_mean_rating": self._item_rating_sum(candidates, t) / pop,
+                "hist_len": n, "hist_mean_rating": s["rating"] / n, "hist_mean_log_pop": hist_mean_log_pop,
+                "days_since_first": np.where(hi > lo, (t - log.ts[lo]) / DAY, np.nan),
+                "days_since_last": np.where(hi > lo, (t - last_seen) / DAY, np.nan),
+                "user_events_30d": hi - self._user_first_after(user, lo, hi, t - 30 * 86400),
+                "genre_overlap": (hist_genres * cand_flags).sum(1) / np.maximum(cand_flags.sum(1), 1) / n,
+                "first_genre_share": first_count / n,
+                "year_gap": np.abs(attrs.year[candidates] - s["year"] / s["has_year"]),
+                "user_genre_mean_rating": first_rating / first_count,
+                "pop_vs_history": np.log1p(pop) - hist_mean_log_pop,
+            }
+        return {k: (v.astype(np.int64) if k in CATEGORICAL else np.asarray(v, np.float32)) for k, v in out.items()}
+
+    def _user_first_after(self, user: np.ndarray, lo: np.ndarray, hi: np.ndarray, since: np.ndarray) -> np.ndarray:
+        """Index of the user's first visible event at or after `since` (hi when none)."""
+        keys = self.log.user * (1 << 40) + self.log.ts  # sorted: the log is ordered by (user, ts)
+        return np.clip(np.searchsorted(keys, user * (1 << 40) + since, "left"), lo, hi)
+
+
+def _prefix(values: np.ndarray) -> np.ndarray:
+    """Cumulative sums with a leading zero row: sum(values[a:b]) = out[b] - out[a]."""
+    values = np.asarray(values)
+    zero = np.zeros((1, *values.shape[1:]), dtype=np.float64 if values.dtype != np.float32 else np.float32)
+    return np.concatenate([zero, np.cumsum(values, axis=0, dtype=zero.dtype)])
