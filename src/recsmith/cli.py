@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from recsmith.errors import RecsmithError
+from recsmith.errors import ConfigError, RecsmithError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="recsmith: ranking-model experiments for ads and recommendation.")
@@ -122,6 +122,31 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A run directory."),
     for name, value in metrics.items():
         table.add_row(name, f"{value:.6f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+# ------------------------------------------------------------------------- explain
+@app.command()
+def explain(run_dir: Path = typer.Argument(..., help="A lightgbm or hybrid run directory."),
+            user: str = typer.Option(..., help="Raw user id (as in the data files)."),
+            item: str = typer.Option(..., help="Raw item id."),
+            split: str = typer.Option("test", help="Score at the time of the user's valid or test target."),
+            top: int = typer.Option(10, help="Contributions to show.")) -> None:
+    """Explain one prediction: score, top SHAP contributions, and the first tree's path."""
+    from recsmith.train.fitted import explain_prediction
+
+    if split not in ("valid", "test"):
+        raise ConfigError(f"--split: '{split}' is not valid or test")
+    why, ctx = explain_prediction(run_dir, user, item, split)
+    console.print(f"user {ctx['user']}, item {ctx['item']} at the user's {split} time {ctx['time']} "
+                  f"({ctx['history_length']} earlier interactions; the item actually watched: {ctx['true_item']})")
+    console.print(f"{ctx['architecture']}: P(like) = {why.probability:.4f}  (raw score {why.raw_score:+.4f} = "
+                  f"bias {why.bias:+.4f} + the sum of {len(why.contributions)} SHAP contributions)")
+    console.print(f"top {min(top, len(why.contributions))} contributions (LightGBM pred_contrib):")
+    for name, value, contribution in why.contributions[:top]:
+        console.print(f"  {contribution:+.4f}  {name} = {value:.4g}", markup=False, highlight=False)
+    console.print(f"decision path of tree 1 of {why.trees} (leaf value {why.leaf_value:+.4f}):")
+    for step in why.path:
+        console.print(f"  {step}", markup=False, highlight=False)
 
 
 # -------------------------------------------------------------------------- report

@@ -156,10 +156,31 @@ class DINConfig(Strict):
     interest_dim: int = Field(64, ge=1, le=4096)  # the user-interest vector the hybrid reads
 
 
+class LightGBMConfig(Strict):
+    """LightGBM on the explicit features (architecture lightgbm / hybrid)."""
+
+    num_leaves: int = Field(31, ge=2, le=65536)
+    learning_rate: float = Field(0.05, gt=0.0, le=1.0)
+    num_boost_round: int = Field(500, ge=1, le=100_000)
+    early_stopping_rounds: int = Field(30, ge=1)
+    min_data_in_leaf: int = Field(50, ge=1)
+    feature_fraction: float = Field(0.9, gt=0.0, le=1.0)
+
+
+FITTED_ARCHITECTURES = ("most_popular", "lightgbm", "hybrid")  # fitted directly, not by the Trainer
+
+
 class SequentialConfig(Strict):
-    """A next-item model over the user's time-ordered history (`model.family: sequential`)."""
+    """A next-item model over the user's time-ordered history (`model.family: sequential`).
+
+    Neural: sasrec, gru4rec, narm, avgpool (softmax over all items), din (BCE on candidate
+    rows). Fitted: most_popular (items by their count before the target time), lightgbm
+    (explicit features), hybrid (explicit features + a trained DIN's interest vector and
+    score, read from `hybrid_din_run`)."""
 
     architecture: str = "sasrec"
+    hybrid_din_run: Optional[str] = None  # architecture hybrid: the run dir of a trained DIN
+    lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig)
     max_length: int = Field(50, ge=2, le=1000)  # most recent history items a prediction sees
     hidden_dim: int = Field(64, ge=1, le=4096)
     num_layers: int = Field(2, ge=1, le=16)
@@ -173,9 +194,13 @@ class SequentialConfig(Strict):
     def _known_architecture(self):
         from recsmith.models.sequential import ENCODERS
 
-        if self.architecture != "din" and self.architecture not in ENCODERS:
-            raise ValueError(ENCODERS.unknown(self.architecture).replace("(choose from ", "(choose from din, "))
-        paper = "bce" if self.architecture == "din" else "softmax"
+        if self.architecture not in ("din", *FITTED_ARCHITECTURES) and self.architecture not in ENCODERS:
+            raise ValueError(ENCODERS.unknown(self.architecture).replace(
+                "(choose from ", f"(choose from din, {', '.join(FITTED_ARCHITECTURES)}, "))
+        if (self.architecture == "hybrid") != bool(self.hybrid_din_run):
+            raise ValueError("hybrid_din_run: required for architecture hybrid (the run dir of a trained DIN), "
+                             "and only used by it")
+        paper = "bce" if self.architecture in ("din", "lightgbm", "hybrid") else "softmax"
         if self.objective is None:
             self.objective = paper
         elif self.objective != paper:

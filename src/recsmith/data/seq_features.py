@@ -52,7 +52,7 @@ class FeatureBuilder:
         by_item = np.lexsort((log.ts, log.item))
         self.item_keys = log.item[by_item] * (1 << 40) + log.ts[by_item]  # sorted
         self.item_rating_sum = _prefix(log.rating[by_item].astype(np.float64))
-        pop_then = self._item_count(log.item, log.ts)  # popularity of each event's item at its time
+        pop_then = self.item_popularity(log.item, log.ts)  # popularity of each event's item at its time
         self.user_sums = {  # per-event prefix sums, indexed like the log with a leading 0
             "count": _prefix(np.ones(len(log))),
             "rating": _prefix(log.rating.astype(np.float64)),
@@ -63,8 +63,8 @@ class FeatureBuilder:
         self.genre_counts = _prefix(flags)  # [E + 1, G]
         self.genre_ratings = _prefix(flags * log.rating[:, None].astype(np.float32))
 
-    def _item_count(self, item: np.ndarray, before: np.ndarray) -> np.ndarray:
-        """Interactions with `item` (any user) with a timestamp < `before`."""
+    def item_popularity(self, item: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """Interactions with `item` (any user) with a timestamp < `before` (float64)."""
         return (np.searchsorted(self.item_keys, item * (1 << 40) + before, "left")
                 - np.searchsorted(self.item_keys, item * (1 << 40), "left")).astype(np.float64)
 
@@ -82,7 +82,7 @@ class FeatureBuilder:
         s = {name: v[hi] - v[lo] for name, v in self.user_sums.items()}
         n = s["count"]
         with np.errstate(invalid="ignore", divide="ignore"):
-            pop = self._item_count(candidates, t)
+            pop = self.item_popularity(candidates, t)
             hist_mean_log_pop = s["log_pop"] / n
             cand_flags = attrs.genre_flags[candidates]  # [N, G]
             hist_genres = self.genre_counts[hi] - self.genre_counts[lo]  # [N, G]
@@ -96,7 +96,7 @@ class FeatureBuilder:
                 "gender": attrs.gender[user], "occupation": attrs.occupation[user], "genre": attrs.genre[candidates],
                 "hour": (t // 3600) % 24, "weekday": (t // 86400 + 3) % 7,  # 1970-01-01 was a Thursday
                 "age": attrs.age[user], "year": attrs.year[candidates], "genre_count": cand_flags.sum(1),
-                "item_pop": pop, "item_pop_30d": pop - self._item_count(candidates, t - 30 * 86400),
+                "item_pop": pop, "item_pop_30d": pop - self.item_popularity(candidates, t - 30 * 86400),
                 "item_mean_rating": self._item_rating_sum(candidates, t) / pop,
                 "hist_len": n, "hist_mean_rating": s["rating"] / n, "hist_mean_log_pop": hist_mean_log_pop,
                 "days_since_first": np.where(hi > lo, (t - log.ts[lo]) / DAY, np.nan),

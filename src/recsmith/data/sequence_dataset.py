@@ -5,6 +5,7 @@ Directory:
     {train,valid,test}.parquet  candidate rows: per target event its true item (label
                                 `like` = rating ≥ positive_rating) and `negatives` items
                                 the user never rated (label 0), with the explicit features
+    attributes.npz              user and item side information by code (for features of any pair)
     schema.json, vocab.json     fields, labels, meta; raw user / item ids by code
 """
 
@@ -26,6 +27,7 @@ from recsmith.errors import DataError
 from recsmith.tasks import TaskSpec
 
 LIKE = TaskSpec("like", label="like")
+ATTRIBUTES_FILE = "attributes.npz"
 
 
 def attributes(users: pa.Table, items: pa.Table, genre_flags: np.ndarray, user_ids: np.ndarray,
@@ -77,6 +79,7 @@ def write_sequence_dataset(name: str, ratings: pa.Table, users: pa.Table, items:
     builder = FeatureBuilder(log, attrs)
     staging.mkdir(parents=True)
     log.save(staging)
+    np.savez(staging / ATTRIBUTES_FILE, **{f: getattr(attrs, f) for f in Attributes.__dataclass_fields__})
     rng = np.random.default_rng(seed)
     rows = {}
     for split in SPLITS:
@@ -125,6 +128,11 @@ class SequenceDataset:
             raise DataError(f"split file not found: {path}")
         table = pq.read_table(path, columns=columns)
         return {name: table[name].to_numpy() for name in table.column_names}
+
+    def feature_builder(self) -> FeatureBuilder:
+        """Explicit features of any (event, item) pair, as in the candidate rows."""
+        with np.load(self.directory / ATTRIBUTES_FILE) as arrays:
+            return FeatureBuilder(self.log, Attributes(**{name: arrays[name] for name in arrays.files}))
 
     def raw_ids(self) -> dict[str, list]:
         return json.loads((self.directory / VOCAB_FILE).read_text())

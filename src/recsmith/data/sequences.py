@@ -138,11 +138,13 @@ class Windows:
 
     items [W, L] int64 right-padded; targets [W, L] int64 (the item predicted at that
     position, 0 = no loss there); source [W, L] int64: the position whose hidden state
-    predicts it (its last visible event inside the window)."""
+    predicts it (its last visible event inside the window); events [W, L] the log index
+    of each position (-1 at padding)."""
 
     items: np.ndarray
     targets: np.ndarray
     source: np.ndarray
+    events: np.ndarray
 
 
 def train_windows(log: InteractionLog, max_length: int) -> Windows:
@@ -166,7 +168,7 @@ def train_windows(log: InteractionLog, max_length: int) -> Windows:
     source = log.prefix_end[index] - 1 - begin[:, None]  # visible events of the target inside the window
     has_target = valid & (source >= 0)
     return Windows(items.astype(np.int64), np.where(has_target, items, 0).astype(np.int64),
-                   np.where(has_target, source, 0).astype(np.int64))
+                   np.where(has_target, source, 0).astype(np.int64), np.where(valid, index, -1))
 
 
 def rated_items(log: InteractionLog) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,8 @@ class ChainExperiment(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     id: str
     description: str = ""
-    config: str
+    config: Optional[str] = None  # None: the chain's base
+    set: dict[str, Any] = {}  # this experiment's overrides, after the chain's `set`
 
     @field_validator("id")
     @classmethod
@@ -119,8 +120,8 @@ def load_chain(path: str | Path, overrides: dict[str, Any] | None = None,
     base, _ = _resolve(base_file, overrides, spec.set, chain_source, "base")
     experiments = []
     for exp in spec.experiments:
-        config_file = relative("experiments", exp.config)
-        config, exp_provenance = _resolve(config_file, overrides, spec.set, chain_source, exp.id)
+        config_file = relative("experiments", exp.config) if exp.config else base_file
+        config, exp_provenance = _resolve(config_file, overrides, {**spec.set, **exp.set}, chain_source, exp.id)
         experiments.append(ResolvedExperiment(exp.id, exp.description, config_file, config, exp_provenance))
     chain = ResolvedChain(path, spec, base, experiments,
                           Path(output_dir or spec.output_dir or Path("runs") / spec.name))

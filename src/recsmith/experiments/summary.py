@@ -10,6 +10,7 @@ from pathlib import Path
 
 from recsmith.atomic import write_json_atomic, write_text_atomic
 from recsmith.experiments.comparisons import RESAMPLES, DeltaStat, comparison_stats
+from recsmith.metrics.ranking import sequential_metric_names
 from recsmith.run_dir import RunDir
 
 METRIC_COLUMNS = ("auc_primary", "auc_ctr", "auc_cvr", "auc_cvr_masked", "auc_ctcvr", "auc_cvr_entire",
@@ -18,6 +19,14 @@ METRIC_COLUMNS = ("auc_primary", "auc_ctr", "auc_cvr", "auc_cvr_masked", "auc_ct
 ORACLE_COLUMNS = ("oracle_auc_ctr", "oracle_auc_cvr", "oracle_auc_ctcvr", "oracle_auc_cvr_entire")
 COLUMNS = ("exp_id", "description", "status", "primary_key", "best_step", "max_train_steps",
            *METRIC_COLUMNS, "valid_auc_primary", *ORACLE_COLUMNS, "parameters", "wall_seconds", "run_dir")
+# sequential runs (both metric families) add these, when a chain has any
+SEQUENTIAL_COLUMNS = (*sequential_metric_names([5, 10, 20]), "train_seconds", "epochs", "stop_reason")
+
+
+def columns_of(rows: list[dict]) -> list[str]:
+    """The summary's columns: the sequential ones only when some run has them."""
+    sequential = [c for c in SEQUENTIAL_COLUMNS if any(r.get(c) is not None for r in rows)]
+    return list(COLUMNS[:6]) + sequential + list(COLUMNS[6:])
 
 
 def run_status(run: RunDir) -> str:
@@ -32,7 +41,7 @@ def run_status(run: RunDir) -> str:
 
 
 def summary_row(exp_id: str, description: str, run: RunDir) -> dict:
-    row = {c: None for c in COLUMNS}
+    row = {c: None for c in (*COLUMNS, *SEQUENTIAL_COLUMNS)}
     row.update(exp_id=exp_id, description=description, status=run_status(run), run_dir=str(run.path))
     status = run.read_json(run.status) or {}
     row["wall_seconds"] = round(status["wall_seconds"], 1) if status.get("wall_seconds") else None
@@ -42,7 +51,8 @@ def summary_row(exp_id: str, description: str, run: RunDir) -> dict:
         row.update(primary_key=result.get("primary_key"), best_step=result.get("best_step"),
                    max_train_steps=result.get("max_train_steps"),
                    valid_auc_primary=valid.get("auc_primary"), parameters=result.get("parameters"))
-        row.update({c: test.get(c) for c in (*METRIC_COLUMNS, *ORACLE_COLUMNS)})
+        row.update({c: test.get(c) for c in (*METRIC_COLUMNS, *ORACLE_COLUMNS, *SEQUENTIAL_COLUMNS) if c in test})
+        row.update({c: result.get(c) for c in ("train_seconds", "epochs", "stop_reason")})
     return row
 
 
@@ -63,9 +73,10 @@ def write_summary(chain, rows: list[dict]) -> tuple[Path, Path, Path]:
     out = chain.output_dir
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    columns = columns_of(rows)
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows({k: _cell(k, v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: _cell(k, row.get(k)) for k in columns} for row in rows)
     stats = comparison_stats({e.id: RunDir(out / e.id) for e in chain.experiments}, chain.spec.comparisons)
     paths = out / "summary.csv", out / "summary.json", out / "delta_analysis.txt"
     write_text_atomic(paths[0], buffer.getvalue())

@@ -27,6 +27,8 @@ from recsmith.train.evaluate import evaluate
 from recsmith.train.losses import build_loss
 from recsmith.train.precision import resolve_precision
 from recsmith.train.predictions import save_predictions
+from recsmith.config.schema import FITTED_ARCHITECTURES
+from recsmith.train.fitted import fit_run
 from recsmith.train.sequential import SequentialSetup
 from recsmith.train.trainer import Trainer
 
@@ -123,6 +125,13 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     precision = resolve_precision(cfg.runtime.amp, device)
     write_json_atomic(run.env, environment(device, precision.describe()))
 
+    if cfg.model.family == "sequential" and cfg.model.sequential.architecture in FITTED_ARCHITECTURES:
+        started = time.perf_counter()
+        result = {"name": cfg.name, "primary_key": cfg.runtime.best_selection.primary_key,
+                  **fit_run(cfg, run, dataset_dir), "dataset": str(dataset_dir)}
+        result["train_seconds"] = result["train_seconds_this_session"] = round(time.perf_counter() - started, 2)
+        write_json_atomic(run.eval, result)
+        return result
     setup = (SequentialSetup if cfg.model.family == "sequential" else RankingSetup)(cfg, dataset_dir, device, precision)
     model = setup.model
     trainer = Trainer(cfg, run, model, setup.loss_fn, setup.stream, setup.evaluate_valid, device, precision)
@@ -145,6 +154,7 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     result["valid"] = valid_at_best(run, result["best_step"])
     result.update(dataset=str(dataset_dir), parameters=sum(p.numel() for p in model.parameters()),
                   stop_reason=trainer.stop_reason, train_seconds=round(trainer.seconds, 2),
+                  valid_seconds=round(trainer.eval_seconds, 2),
                   steps=trainer.step, epochs=round(trainer.step * cfg.data.batch_size / len(setup.stream.data), 3))
     result["train_seconds_this_session"] = round(train_seconds, 2)
     write_json_atomic(run.eval, result)

@@ -56,6 +56,7 @@ class Trainer:
         self.best = BestTracker(selection.primary_key, selection.mode)
         self.step = 0
         self.seconds = 0.0  # training + validation time, against runtime.max_train_seconds
+        self.eval_seconds = 0.0  # the validation part of it
         self.stop_reason = "max_train_steps"
 
     # ------------------------------------------------------------------ the loop
@@ -137,6 +138,7 @@ class Trainer:
         if decision["improved"]:
             save_checkpoint(self.run.ckpt_best, state)
         save_checkpoint(self.run.ckpt_last, state)
+        self.eval_seconds += time.perf_counter() - started
         log.info("step %d  valid %s=%.6f  best %.6f @ %d  loss=%.5f  (%.1fs)", self.step, self.best.key,
                  metrics[self.best.key], self.best.value if self.best.value is not None else float("nan"),
                  self.best.step or 0, metrics["loss"], time.perf_counter() - started)
@@ -153,6 +155,7 @@ class Trainer:
             "data": self.stream.state(),
             "best": {"value": self.best.value, "step": self.best.step},
             "train_seconds": self.seconds,
+            "eval_seconds": self.eval_seconds,
             "config": self.cfg.model_dump(mode="json"),
         }
 
@@ -168,3 +171,4 @@ class Trainer:
         self.best.value, self.best.step = state["best"]["value"], state["best"]["step"]
         self.step = int(state["step"])
         self.seconds = float(state.get("train_seconds", 0.0))
+        self.eval_seconds = float(state.get("eval_seconds", 0.0))

@@ -106,6 +106,9 @@ class DIN(nn.Module):
         return self.interest_projection(pooled)
 
     def forward(self, history: torch.Tensor, history_age_days: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-        user = self.interest(history, history_age_days, candidate)  # [B, I]
+        return self.score(self.interest(history, history_age_days, candidate), candidate)
+
+    def score(self, user: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        """The logit `[B]` from the interest `[B, I]` (see `interest`) and the candidate `[B]`."""
         item = self.interest_projection(self.item_embedding(candidate))  # [B, I], same space as user
         return self.output(self.mlp(torch.cat([user, item, user * item], dim=-1))).squeeze(-1)
