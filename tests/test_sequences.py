@@ -10,7 +10,7 @@ import torch
 
 from recsmith.config.schema import DataConfig
 from recsmith.data.sequence_dataset import SequenceDataset
-from recsmith.data.sequences import SPLIT_CODES, build_log, histories, train_windows
+from recsmith.data.sequences import build_log, histories, train_windows
 from recsmith.data.sources import resolve_dataset
 from recsmith.errors import DataError
 from recsmith.metrics.ranking import target_ranks, topk_metrics
@@ -18,11 +18,8 @@ from test_movielens import ML1M, ML100K, needs_ml100k
 
 
 @pytest.fixture(scope="module")
-def ml100k_seq(tmp_path_factory):
+def ml100k_seq():
     cfg = DataConfig(source="movielens_100k", path=str(ML100K), options={"view": "sequence"})
-    import os
-
-    os.environ["RECSMITH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     return SequenceDataset.load(resolve_dataset(cfg))
 
 

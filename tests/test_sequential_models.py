@@ -176,3 +176,14 @@ def test_din_empty_history_is_finite():
     history, ages, candidate = din_batch()
     history[1], ages[1] = 0, 0.0
     assert torch.isfinite(model(history, ages, candidate)).all()
+
+
+def test_din_activation_unit_equals_the_mlp_on_the_concatenation():
+    from recsmith.models.sequential.din import HeadwiseMLP
+
+    torch.manual_seed(0)
+    unit = HeadwiseMLP(2, 4 * 8, [16, 8])
+    keys, query = torch.randn(3, 5, 2, 8), torch.randn(3, 2, 8)
+    q = query.unsqueeze(1).expand_as(keys)
+    direct = unit(torch.cat([keys, q, keys * q, keys - q], dim=-1))
+    assert torch.allclose(unit.activation_unit(keys, query), direct, atol=1e-5)

@@ -27,6 +27,7 @@ from recsmith.train.sequential_data import EventHistories
 
 class Scorer(Protocol):
     objective: str  # "softmax" or "bce": LogLoss is only defined for bce
+    has_loss: bool  # softmax scores that are logits (cross-entropy reported as `loss`)
 
     def score(self, events: np.ndarray, candidates: np.ndarray | None) -> torch.Tensor: ...
 
@@ -65,23 +66,24 @@ def evaluate_sequential(scorer: Scorer, split: EvalSplit, topk_cfg, with_topk: b
     """All metrics of one split (see the module docstring); keys as in
     recsmith.metrics.ranking.sequential_metric_names, plus `loss`."""
     out: dict[str, float] = {}
-    if with_topk or scorer.objective == "softmax":
-        full = scorer.score(split.events, None).double()  # [N, I] items 1..I
-        target_col = torch.from_numpy(split.targets - 1)
-        if scorer.objective == "softmax":
-            out["loss"] = float(F.cross_entropy(full, target_col))
-        if with_topk:
-            if topk_cfg.protocol == "full":
-                excluded = None
-                if topk_cfg.exclude_history:
-                    excluded = torch.zeros(full.shape, dtype=torch.bool)
-                    excluded[torch.from_numpy(split.excluded[0]), torch.from_numpy(split.excluded[1] - 1)] = True
-                ranks = target_ranks(full, target_col, excluded)
-            else:
-                candidates = np.concatenate([split.targets[:, None], split.sampled], axis=1)
-                scores = full.gather(1, torch.from_numpy(candidates - 1))
-                ranks = target_ranks(scores, torch.zeros(len(candidates), dtype=torch.long))
-            out.update(topk_metrics(ranks.numpy(), topk_cfg.cutoffs))
+    full = None
+    if scorer.objective == "softmax" or (with_topk and topk_cfg.protocol == "full"):
+        full = scorer.score(split.events, None).double()  # [N, I]: items 1..I
+    target_col = torch.from_numpy(split.targets - 1)
+    if scorer.objective == "softmax" and scorer.has_loss:
+        out["loss"] = float(F.cross_entropy(full, target_col))
+    if with_topk and topk_cfg.protocol == "full":
+        excluded = None
+        if topk_cfg.exclude_history:
+            excluded = torch.zeros(full.shape, dtype=torch.bool)
+            excluded[torch.from_numpy(split.excluded[0]), torch.from_numpy(split.excluded[1] - 1)] = True
+        out.update(topk_metrics(target_ranks(full, target_col, excluded).numpy(), topk_cfg.cutoffs))
+    elif with_topk:  # the target in column 0 among the sampled never-rated items
+        candidates = np.concatenate([split.targets[:, None], split.sampled], axis=1)
+        scores = (full.gather(1, torch.from_numpy(candidates - 1)) if full is not None
+                  else scorer.score(split.events, candidates).double())
+        out.update(topk_metrics(target_ranks(scores, torch.zeros(len(candidates), dtype=torch.long)).numpy(),
+                                topk_cfg.cutoffs))
     rows = split.rows
     scores = scorer.score(rows["event"], rows["item_id"][:, None]).double().view(-1).numpy()
     like = rows["like"].astype(np.float64)
@@ -99,8 +101,10 @@ def evaluate_sequential(scorer: Scorer, split: EvalSplit, topk_cfg, with_topk: b
 class TorchScorer:
     """A trained NextItemModel or DINRanker behind the Scorer interface."""
 
+    has_loss = True
+
     def __init__(self, model, dataset: SequenceDataset, events: np.ndarray, max_length: int, objective: str,
-                 device: torch.device, precision, batch_rows: int = 32768):
+                 device: torch.device, precision, batch_rows: int = 8192):
         self.model, self.device, self.precision, self.objective = model, device, precision, objective
         self.history = EventHistories(dataset.log, events, max_length)
         self.num_items, self.batch_rows = dataset.log.num_items, batch_rows

@@ -13,6 +13,7 @@ import torch
 from recsmith.atomic import write_text_atomic
 from recsmith.data.sequence_dataset import SequenceDataset
 from recsmith.errors import ConfigError
+from recsmith.metrics.ranking import CTR_STYLE
 from recsmith.models.gbdt.features import LGB_CATEGORICAL, DINFeatures, FeatureMatrix
 from recsmith.run_dir import RunDir
 from recsmith.train.evaluate_sequential import EvalSplit, evaluate_sequential
@@ -33,7 +34,7 @@ def pairs(events: np.ndarray, candidates: np.ndarray | None, num_items: int) -> 
 class PopularityScorer:
     """Most-popular: an item's interactions (any user) before the target's timestamp."""
 
-    objective = "softmax"  # a count, not a probability: no LogLoss
+    objective, has_loss = "softmax", False  # a count, neither a probability nor a logit
 
     def __init__(self, dataset: SequenceDataset):
         self.builder, self.num_items = dataset.feature_builder(), dataset.log.num_items
@@ -46,7 +47,7 @@ class PopularityScorer:
 class BoosterScorer:
     """A LightGBM booster's raw score (log-odds) of each pair's feature row."""
 
-    objective = "bce"
+    objective, has_loss = "bce", True
 
     def __init__(self, booster, matrix: FeatureMatrix, num_items: int, chunk_rows: int = 400_000):
         self.booster, self.matrix, self.num_items, self.chunk_rows = booster, matrix, num_items, chunk_rows
@@ -127,7 +128,8 @@ def fit_run(cfg, run: RunDir, dataset_dir: Path) -> dict:
     metrics = {}
     for split in ("valid", "test"):
         data = EvalSplit.build(dataset, split, cfg.topk.sampled_negatives, cfg.data.seed)
-        metrics[split] = evaluate_sequential(scorer, data, cfg.topk)
+        top_k = split == "test" or cfg.runtime.best_selection.primary_key not in CTR_STYLE  # as in training
+        metrics[split] = evaluate_sequential(scorer, data, cfg.topk, with_topk=top_k)
         metrics[split]["auc_primary"] = metrics[split][cfg.runtime.best_selection.primary_key]
         if split == "test":
             keep_candidate_scores(run, scorer, data, dataset_dir)

@@ -40,10 +40,23 @@ class HeadwiseMLP(nn.Module):
             nn.init.uniform_(bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.weights) - 1
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.einsum("...hi,hio->...ho", x, weight) + bias
-            x = x if i == last else torch.relu(x)
+        return self._rest(torch.einsum("...hi,hio->...ho", x, self.weights[0]) + self.biases[0])
+
+    def activation_unit(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """`forward([k, q, k⊙q, k−q])` without building the concatenation: the first layer
+        is linear, so W·[k, q, k⊙q, k−q] = (W_k + W_d)·k + (W_q − W_d)·q + W_p·(k⊙q), and
+        the query term is computed once per row. keys `[B, L, h, d]`, query `[B, h, d]` →
+        `[B, L, h, 1]`, equal to forward() up to rounding (tested)."""
+        w_k, w_q, w_p, w_d = self.weights[0].split(keys.shape[-1], dim=1)  # each [h, d, H1]
+        first = (torch.einsum("blhd,hdo->blho", keys, w_k + w_d)
+                 + torch.einsum("bhd,hdo->bho", query, w_q - w_d).unsqueeze(1)
+                 + torch.einsum("blhd,hdo->blho", keys * query.unsqueeze(1), w_p) + self.biases[0])
+        return self._rest(first)
+
+    def _rest(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers after the first one's affine part."""
+        for weight, bias in zip(self.weights[1:], self.biases[1:]):
+            x = torch.einsum("...hi,hio->...ho", torch.relu(x), weight) + bias
         return x
 
 
@@ -97,8 +110,8 @@ class DIN(nn.Module):
         """The candidate-aware user interest, projected: `[B, interest_dim]`."""
         batch, length = history.shape
         keys = self.item_embedding(history).view(batch, length, self.num_heads, -1)  # [B, L, D] → [B, L, h, D/h]
-        query = self.item_embedding(candidate).view(batch, 1, self.num_heads, -1).expand_as(keys)  # [B, L, h, D/h]
-        weights = self.attention(torch.cat([keys, query, keys * query, keys - query], dim=-1))  # [B, L, h, 1]
+        query = self.item_embedding(candidate).view(batch, self.num_heads, -1)  # [B, h, D/h]
+        weights = self.attention.activation_unit(keys, query)  # [B, L, h, 1] from [k, q, k⊙q, k−q]
         if self.decay is not None:
             weights = weights * torch.exp(-F.softplus(self.decay) * history_age_days).view(batch, length, 1, 1)
         weights = weights.masked_fill((history == 0).view(batch, length, 1, 1), 0.0)
