@@ -87,7 +87,7 @@ def test_prepared_views_record_rule_and_counts():
 
 
 def test_bad_options_name_the_key():
-    with pytest.raises(ConfigError, match="data.options.view: .*'funnel', 'ctr_rating' or 'ctr_implicit'"):
+    with pytest.raises(ConfigError, match="data.options.view: .*'funnel', 'ctr_rating', 'ctr_implicit' or 'sequence'"):
         resolve_dataset(DataConfig(source="movielens_100k", path=str(ML100K), options={"view": "clicks"}))
     with pytest.raises(ConfigError, match="data.options.negatives: unknown key"):
         resolve_dataset(DataConfig(source="movielens_100k", path=str(ML100K), options={"negatives": 3}))
