@@ -91,6 +91,7 @@ def main() -> None:
             rows.append(run_recbole(model, args.data.resolve(), args.budget_seconds, args.threads, workdir,
                                     args.recbole_python))
         print(table(rows), flush=True)
+        save(args, rows)  # after every model: a long run that stops early keeps what it measured
     print()
     for model in args.models:
         ours = next(r for r in rows if r["model"] == model and r["tool"] == "recsmith")
@@ -100,9 +101,13 @@ def main() -> None:
                   f"{theirs['train_seconds_per_epoch'] / ours['train_seconds_per_epoch']:.1f}×; NDCG@10 at the end of "
                   f"the {args.budget_seconds:.0f} s budget: recsmith {ours['test']['ndcg@10']:.4f}, "
                   f"RecBole {theirs['test']['ndcg@10']:.4f}")
+    save(args, rows)
+    print(f"wrote {args.out}")
+
+
+def save(args, rows: list[dict]) -> None:
     args.out.write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_seconds": args.budget_seconds,
                                     "threads": args.threads, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

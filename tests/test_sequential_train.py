@@ -83,3 +83,17 @@ def test_shap_contributions_plus_bias_equal_the_raw_score(runs):
     row = np.zeros(booster.num_feature())
     steps, leaf = decision_path(tree, row, booster.feature_name())
     assert steps and leaf == pytest.approx(booster.predict(row.reshape(1, -1), raw_score=True, num_iteration=1)[0])
+
+
+def test_saved_predictions_give_the_reported_auc(runs):
+    """Comparisons read predictions_test.npz: its AUC must be the one in eval.json, also for
+    scores that are no probabilities (counts, softmax logits)."""
+    from recsmith.metrics.auc import auc, gauc
+    from recsmith.train.predictions import load_predictions
+
+    for name in ("pop", "gru", "din"):
+        test = json.loads((runs / name / "eval.json").read_text())["test"]
+        preds = load_predictions(runs / name / "predictions_test.npz")
+        y, p = preds.labels["like"], preds.probs["like"]
+        assert auc(y, p) == pytest.approx(test["auc_like"], abs=1e-6), name
+        assert gauc(y, p, preds.columns["user"]) == pytest.approx(test["gauc_like"], abs=1e-6), name

@@ -179,7 +179,7 @@ class SequentialConfig(Strict):
     score, read from `hybrid_din_run`)."""
 
     architecture: str = "sasrec"
-    hybrid_din_run: Optional[str] = None  # architecture hybrid: the run dir of a trained DIN
+    hybrid_din_run: Optional[str] = None  # architecture hybrid: a trained DIN's run dir; relative = beside this run's dir
     lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig)
     max_length: int = Field(50, ge=2, le=1000)  # most recent history items a prediction sees
     hidden_dim: int = Field(64, ge=1, le=4096)
@@ -197,9 +197,8 @@ class SequentialConfig(Strict):
         if self.architecture not in ("din", *FITTED_ARCHITECTURES) and self.architecture not in ENCODERS:
             raise ValueError(ENCODERS.unknown(self.architecture).replace(
                 "(choose from ", f"(choose from din, {', '.join(FITTED_ARCHITECTURES)}, "))
-        if (self.architecture == "hybrid") != bool(self.hybrid_din_run):
-            raise ValueError("hybrid_din_run: required for architecture hybrid (the run dir of a trained DIN), "
-                             "and only used by it")
+        if self.architecture == "hybrid" and not self.hybrid_din_run:
+            raise ValueError("hybrid_din_run: required for architecture hybrid (the run dir of a trained DIN)")
         paper = "bce" if self.architecture in ("din", "lightgbm", "hybrid") else "softmax"
         if self.objective is None:
             self.objective = paper

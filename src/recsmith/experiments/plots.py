@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-AUC_METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire")
+AUC_METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "auc_like")
+BAR_METRICS = (*AUC_METRICS, "ndcg_10")
+CURVE_METRICS = ("auc_ctr", "auc_ctcvr", "auc_cvr", "ndcg_10", "auc_like")
 
 
 def _save(fig, path: Path) -> Path:
@@ -22,8 +24,8 @@ def _save(fig, path: Path) -> Path:
 
 def metric_bars(rows: list[dict], errors: dict[tuple[str, str], tuple[float, float]], oracle: dict,
                 error_label: str, path: Path) -> Path:
-    """One panel per AUC metric: a bar per experiment, error bars, the oracle as a dashed line."""
-    metrics = [m for m in AUC_METRICS if any(r.get(m) is not None for r in rows)]
+    """One panel per AUC metric (and NDCG@10): a bar per experiment, error bars, the oracle as a dashed line."""
+    metrics = [m for m in BAR_METRICS if any(r.get(m) is not None for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         shown = [r for r in rows if r.get(metric) is not None]
@@ -31,7 +33,7 @@ def metric_bars(rows: list[dict], errors: dict[tuple[str, str], tuple[float, flo
         low = [values[i] - errors.get((r["exp_id"], metric), (values[i], values[i]))[0] for i, r in enumerate(shown)]
         high = [errors.get((r["exp_id"], metric), (values[i], values[i]))[1] - values[i] for i, r in enumerate(shown)]
         ax.bar([r["exp_id"] for r in shown], values, yerr=[low, high], capsize=3, color="#4C72B0")
-        floor = values.min() - 0.03
+        floor = max(values.min() - 0.03, 0.0)
         top = max(values.max(), oracle.get(metric) or 0) + 0.01
         if oracle.get(metric) is not None:
             ax.axhline(oracle[metric], color="#C44E52", linestyle="--", label=f"oracle {oracle[metric]:.4f}")
@@ -39,13 +41,13 @@ def metric_bars(rows: list[dict], errors: dict[tuple[str, str], tuple[float, flo
         ax.set_ylim(floor, top)
         ax.set_title(metric)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"Test AUC per experiment (error bars: {error_label})", fontsize=10)
+    fig.suptitle(f"Test metrics per experiment (error bars: {error_label})", fontsize=10)
     return _save(fig, path)
 
 
 def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], oracle: dict, path: Path) -> Path:
     """Train loss and the validation AUCs per step, one line per run."""
-    panels = ["loss"] + [m for m in ("auc_ctr", "auc_ctcvr", "auc_cvr") if any(m in c for c in curves.values())]
+    panels = ["loss"] + [m for m in CURVE_METRICS if any(m in c for c in curves.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     colours = {exp_id: plt.cm.tab10(i % 10) for i, exp_id in enumerate(curves)}  # one colour per run
     for ax, panel in zip(axes[0], panels):

@@ -22,7 +22,10 @@ from recsmith.metrics.significance import ResampledAUC, bootstrap_chunks, percen
 from recsmith.run_dir import RunDir
 from recsmith.train.predictions import load_predictions
 
-TABLE_METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "gauc_ctr", "logloss_ctr")
+TABLE_METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "gauc_ctr", "logloss_ctr",
+                 "hr_10", "ndcg_10", "ndcg_20", "mrr", "auc_like", "gauc_like", "logloss_like")
+PROTOCOL_OF = {"hr_10": "top-K", "ndcg_10": "top-K", "ndcg_20": "top-K", "mrr": "top-K",
+               "auc_like": "CTR-style", "gauc_like": "CTR-style", "logloss_like": "CTR-style"}
 CI_RESAMPLES = 300  # per-run intervals in the summary table
 CALIBRATION_BINS = 10
 
@@ -66,7 +69,7 @@ def build_report(directory: str | Path) -> tuple[Path, Path]:
     errors, error_label = _errors(results, successful, runs)
     charts = []
     if successful:
-        charts.append(("Test AUC per experiment", plots.metric_bars(successful, errors, oracle, error_label,
+        charts.append(("Test metrics per experiment", plots.metric_bars(successful, errors, oracle, error_label,
                                                                     images / "primary_metrics.png")))
     curves = {e: _curves(run) for e, run in runs.items() if run.metrics.is_file()}
     if any(curves.values()):
@@ -81,11 +84,23 @@ def build_report(directory: str | Path) -> tuple[Path, Path]:
     if calibration:
         charts.append(("Calibration", plots.calibration(calibration, images / "calibration.png")))
     tables = {"summary": _summary_table(rows, errors, error_label, results["seeds"]),
-              "deltas": _delta_table(results)}
+              "deltas": _delta_table(results), "protocols": _protocols(runs)}
     md_path, html_path = directory / "EXPERIMENT_REPORT.md", directory / "report.html"
     write_text_atomic(md_path, _markdown(results["title"], tables, charts, directory, oracle))
     write_text_atomic(html_path, _html(results["title"], tables, charts, oracle))
     return md_path, html_path
+
+
+def _protocols(runs: dict) -> dict:
+    """How the sequential runs' metrics were computed (from their eval.json), one row per
+    distinct protocol: the labels the summary table's (top-K) / (CTR-style) columns refer to."""
+    seen: dict[tuple, list[str]] = {}
+    for exp_id, run in runs.items():
+        protocol = (run.read_json(run.eval) or {}).get("protocol")
+        if protocol:
+            seen.setdefault((protocol["topk"], protocol["ctr_style"], protocol["split"]), []).append(exp_id)
+    rows = [[", ".join(ids), topk, ctr, split] for (topk, ctr, split), ids in seen.items()]
+    return {"header": ["experiments", "top-K protocol", "CTR-style protocol", "split"], "rows": rows}
 
 
 # ----------------------------------------------------------------------- numbers
@@ -127,7 +142,7 @@ def _curves(run: RunDir) -> dict[str, list[tuple[int, float]]]:
         if record.get("type") == "train":
             series.setdefault("loss", []).append((record["step"], record["loss"]))
         elif record.get("type") == "valid":
-            for metric in ("auc_ctr", "auc_ctcvr", "auc_cvr"):
+            for metric in plots.CURVE_METRICS:
                 if isinstance(record.get(metric), float) and np.isfinite(record[metric]):
                     series.setdefault(metric, []).append((record["step"], record[metric]))
     return series
@@ -170,7 +185,8 @@ def _calibration(run: RunDir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 # ------------------------------------------------------------------------ tables
 def _summary_table(rows: list[dict], errors: dict, error_label: str, seeds: dict | None) -> dict:
     metrics = [m for m in TABLE_METRICS if any(r.get(m) is not None for r in rows)]
-    header = ["exp", "status", "best step", *metrics, "wall (s)"]
+    header = ["exp", "status", "best step", *(f"{m} ({PROTOCOL_OF[m]})" if m in PROTOCOL_OF else m for m in metrics),
+              "wall (s)"]
     body = []
     seed_stats = {e["exp_id"]: e["metrics"] for e in seeds["experiments"]} if seeds else {}
     for r in rows:
@@ -228,6 +244,8 @@ def _markdown(title: str, tables: dict, charts: list, directory: Path, oracle: d
              "", table(tables["summary"]), ""]
     if oracle:
         parts += ["Oracle AUC (true probabilities): " + ", ".join(f"{k} {v:.4f}" for k, v in oracle.items()), ""]
+    if tables["protocols"]["rows"]:
+        parts += ["## Evaluation protocols", "", table(tables["protocols"]), ""]
     if tables["deltas"]["rows"]:
         parts += ["## Deltas", "", f"_{tables['deltas']['note']}_", "", table(tables["deltas"]), ""]
     for caption, path in charts:
@@ -245,6 +263,8 @@ def _html(title: str, tables: dict, charts: list, oracle: dict) -> str:
     if oracle:
         sections.append("<p>Oracle AUC (true probabilities): " + html.escape(
             ", ".join(f"{k} {v:.4f}" for k, v in oracle.items())) + "</p>")
+    if tables["protocols"]["rows"]:
+        sections.append(f"<h2>Evaluation protocols</h2>{table(tables['protocols'])}")
     if tables["deltas"]["rows"]:
         sections.append(f"<h2>Deltas</h2>{table(tables['deltas'])}")
     for caption, path in charts:

@@ -205,9 +205,10 @@ class ChainRunner:
         run = RunDir(self.chain.output_dir / exp.id)
         result = run.read_json(run.eval) or {}
         key = result.get("primary_key", "")
+        steps = result.get("steps", result.get("max_train_steps"))
+        where = f" (best step {result.get('best_step')} of {steps})" if steps else ""
         self.console.print(f"{exp.id} done in {outcome.wall_seconds:.0f}s: test {key} "
-                           f"{result.get('test', {}).get(key, float('nan')):.4f} (best step "
-                           f"{result.get('best_step')} of {result.get('max_train_steps')})")
+                           f"{result.get('test', {}).get(key, float('nan')):.4f}{where}")
 
     def _diagnose(self, exp: ResolvedExperiment, run: RunDir, outcome: Outcome) -> dict:
         output, log = tail(run.output), tail(run.log)

@@ -81,11 +81,12 @@ def load_din(run_dir: str | Path, dataset: SequenceDataset):
     return model.eval(), din_cfg.model.sequential.max_length
 
 
-def feature_matrix(cfg, dataset: SequenceDataset) -> FeatureMatrix:
-    """Explicit features, plus the DIN columns for the hybrid."""
+def feature_matrix(cfg, dataset: SequenceDataset, run: RunDir) -> FeatureMatrix:
+    """Explicit features, plus the DIN columns for the hybrid. A relative hybrid_din_run is
+    a sibling of `run`'s dir (in a chain: another experiment of the same chain)."""
     din = None
     if cfg.model.sequential.architecture == "hybrid":
-        model, max_length = load_din(cfg.model.sequential.hybrid_din_run, dataset)
+        model, max_length = load_din(run.path.resolve().parent / cfg.model.sequential.hybrid_din_run, dataset)
         din = DINFeatures(model, EventHistories(dataset.log, np.arange(len(dataset.log)), max_length))
     return FeatureMatrix(dataset.feature_builder(), din)
 
@@ -117,7 +118,7 @@ def fit_run(cfg, run: RunDir, dataset_dir: Path) -> dict:
     if seq.architecture == "most_popular":
         scorer = PopularityScorer(dataset)
     else:
-        matrix = feature_matrix(cfg, dataset)
+        matrix = feature_matrix(cfg, dataset, run)
         booster = fit_booster(cfg, dataset, matrix, run)
         scorer = BoosterScorer(booster, matrix, dataset.log.num_items)
         gains = booster.feature_importance("gain")
@@ -168,7 +169,7 @@ def explain_prediction(run_dir: str | Path, user, item, split: str = "test"):
     log = dataset.log
     events = np.flatnonzero((log.user == u) & (log.split == SPLIT_CODES[split]))
     event = events[-1]
-    matrix = feature_matrix(cfg, dataset)
+    matrix = feature_matrix(cfg, dataset, run)
     booster = lgb.Booster(model_file=str(run.path / BOOSTER_FILE))
     row = matrix(np.array([event]), np.array([i]))[0]
     context = {"user": user, "item": item, "split": split, "time": int(log.ts[event]),

@@ -77,9 +77,16 @@ class SequentialSetup:
 
 
 def keep_candidate_scores(run, scorer, split: EvalSplit, dataset_dir) -> None:
-    """The candidate rows' scores as predictions_test.npz, so chains compare AUC / GAUC with
-    intervals (a sigmoid of the score: the ranking, which is what AUC reads, is unchanged)."""
+    """The candidate rows' scores as predictions_test.npz, so chains compare AUC / GAUC (and,
+    for BCE models, LogLoss) with intervals. BCE models keep their probability; other scores
+    (softmax logits, counts) are kept as their rank among the rows scaled into (0, 1): a
+    sigmoid would round large scores to the same float32 1.0 and create ties AUC then reads."""
     rows = split.rows
     scores = scorer.score(rows["event"], rows["item_id"][:, None]).double().view(-1).numpy()
-    save_predictions(run.predictions, {"like": 1.0 / (1.0 + np.exp(-scores))}, {"like": rows["like"]},
+    if scorer.objective == "bce":
+        kept = 1.0 / (1.0 + np.exp(-scores))
+    else:
+        distinct, rank = np.unique(scores, return_inverse=True)  # ties stay ties
+        kept = (rank + 1.0) / (len(distinct) + 1.0)
+    save_predictions(run.predictions, {"like": kept}, {"like": rows["like"]},
                      {"user": split.user_of_row}, {"like": LIKE}, str(dataset_dir))
