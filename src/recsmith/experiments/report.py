@@ -100,7 +100,8 @@ def _protocols(runs: dict) -> dict:
         if protocol:
             seen.setdefault((protocol["topk"], protocol["ctr_style"], protocol["split"]), []).append(exp_id)
     rows = [[", ".join(ids), topk, ctr, split] for (topk, ctr, split), ids in seen.items()]
-    return {"header": ["experiments", "top-K protocol", "CTR-style protocol", "split"], "rows": rows}
+    return {"header": ["experiments", "top-K protocol", "CTR-style protocol", "split"], "rows": rows,
+            "note": "from each run's eval.json"}
 
 
 # ----------------------------------------------------------------------- numbers

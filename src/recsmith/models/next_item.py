@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from recsmith.models.sequential import DIN, ENCODERS
+from recsmith.models.sequential.ops import gather_positions, last_valid_index
 
 
 class SequentialBase(nn.Module):
@@ -41,14 +42,13 @@ class NextItemModel(SequentialBase):
         """items, targets, source [B, L] (see recsmith.data.sequences.Windows) → logits
         [P, I] at the P positions with a target, in row-major order."""
         hidden = self.net(items, items > 0)  # [B, L, D]
-        predicted = hidden.gather(1, source.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, L, D]
+        predicted = gather_positions(hidden, source)  # [B, L, D]: the state each target is predicted from
         return {"next_item": self.score_all(predicted[targets > 0])}
 
     def user_vectors(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """items [N, L] right-padded histories, lengths [N] ≥ 1 → [N, D] at the last item."""
-        hidden = self.net(items, items > 0)
-        last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
-        return hidden.gather(1, last).squeeze(1) * (lengths > 0).unsqueeze(-1)
+        mask = items > 0
+        return gather_positions(self.net(items, mask), last_valid_index(mask)) * (lengths > 0).unsqueeze(-1)
 
     def score_all(self, vectors: torch.Tensor) -> torch.Tensor:
         """[N, D] → [N, I] logits of items 1..I (column j is item j + 1; padding is no class)."""
