@@ -83,11 +83,11 @@ def _install_stubs() -> None:
     sys.modules["ray.tune"] = tune
 
     class SummaryWriter:  # no-op stand-in for torch.utils.tensorboard.SummaryWriter
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *_args, **_kwargs):
             pass
 
         def __getattr__(self, _name):
-            return lambda *args, **kwargs: None
+            return lambda *_args, **_kwargs: None
 
     tb = types.ModuleType("torch.utils.tensorboard")
     tb.__doc__ = "stub installed by bench/recbole/run_recbole.py (tensorboard is not used)"
