@@ -29,6 +29,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") 
     if not run.config.is_file():
         raise DataError(f"not a run directory (no config.yaml): {run_dir}")
     cfg = load_experiment(run.config)
+    if cfg.model.family == "sequential":
+        raise ConfigError(f"{run_dir}: recsmith evaluate covers ranking runs; a sequential run's valid and test "
+                          "metrics (both protocols) are in its eval.json")
     state = load_checkpoint(run.ckpt_best if which == "best" else run.ckpt_last)
     dataset_dir = resolve_dataset(cfg.data)
     schema = DatasetSchema.load(dataset_dir)

@@ -69,7 +69,6 @@ class CandidateData:
         self.row = self.history.rows(self.events)  # [N] index into the history arrays
         self.candidates = torch.from_numpy(rows["item_id"].astype(np.int64))
         self.labels = {"like": torch.from_numpy(rows["like"].astype(np.float32))}
-        self.user = dataset.log.user[self.events]
 
     def __len__(self) -> int:
         return len(self.candidates)
