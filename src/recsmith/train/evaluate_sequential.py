@@ -12,7 +12,7 @@ A model is seen through a scorer: `score(events [N], candidates [N, C] or None) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -62,9 +62,11 @@ class EvalSplit:
 
 
 @torch.no_grad()
-def evaluate_sequential(scorer: Scorer, split: EvalSplit, topk_cfg, with_topk: bool = True) -> dict[str, float]:
+def evaluate_sequential(scorer: Scorer, split: EvalSplit, topk_cfg, with_topk: bool = True,
+                        keep_scores: Callable[[np.ndarray], None] | None = None) -> dict[str, float]:
     """All metrics of one split (see the module docstring); keys as in
-    recsmith.metrics.ranking.sequential_metric_names, plus `loss`."""
+    recsmith.metrics.ranking.sequential_metric_names, plus `loss`. `keep_scores` receives
+    the candidate rows' scores the CTR-style metrics were computed from (to save them)."""
     out: dict[str, float] = {}
     full = None
     if scorer.objective == "softmax" or (with_topk and topk_cfg.protocol == "full"):
@@ -86,6 +88,8 @@ def evaluate_sequential(scorer: Scorer, split: EvalSplit, topk_cfg, with_topk: b
                                 topk_cfg.cutoffs))
     rows = split.rows
     scores = scorer.score(rows["event"], rows["item_id"][:, None]).double().view(-1).numpy()
+    if keep_scores is not None:
+        keep_scores(scores)
     like = rows["like"].astype(np.float64)
     out["auc_like"] = auc(like, scores)
     out["gauc_like"] = gauc(like, scores, split.user_of_row)
@@ -96,6 +100,13 @@ def evaluate_sequential(scorer: Scorer, split: EvalSplit, topk_cfg, with_topk: b
     else:
         out["logloss_like"] = float("nan")  # a softmax score is not a click probability
     return {k: float(v) if np.isfinite(v) else float("nan") for k, v in out.items()}
+
+
+def candidate_matrix(rows: int, candidates: np.ndarray | None, num_items: int) -> np.ndarray:
+    """[rows, C] int64 candidates; None means every item 1..I (a broadcast view, no copy)."""
+    if candidates is None:
+        return np.broadcast_to(np.arange(1, num_items + 1, dtype=np.int64), (rows, num_items))
+    return np.asarray(candidates, np.int64)
 
 
 class TorchScorer:
@@ -117,9 +128,7 @@ class TorchScorer:
             rows = self.history.rows(events)
             if candidates is None and hasattr(self.model, "score_all"):
                 return self._chunks(rows, lambda r: self.model.score_all(self._vectors(r)))
-            if candidates is None:
-                candidates = np.broadcast_to(np.arange(1, self.num_items + 1), (len(events), self.num_items))
-            cand = torch.from_numpy(np.array(candidates, dtype=np.int64))
+            cand = torch.from_numpy(np.array(candidate_matrix(len(events), candidates, self.num_items)))
             per_chunk = max(1, self.batch_rows // cand.shape[1])
             parts = []
             for start in range(0, len(rows), per_chunk):

@@ -4,6 +4,7 @@ eval.json, predictions) and are evaluated by the same code as the neural models.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from recsmith.errors import ConfigError
 from recsmith.metrics.ranking import CTR_STYLE
 from recsmith.models.gbdt.features import LGB_CATEGORICAL, DINFeatures, FeatureMatrix
 from recsmith.run_dir import RunDir
-from recsmith.train.evaluate_sequential import EvalSplit, evaluate_sequential
+from recsmith.train.evaluate_sequential import EvalSplit, candidate_matrix, evaluate_sequential
 from recsmith.train.sequential import keep_candidate_scores, protocol_label
 from recsmith.train.sequential_data import EventHistories
 
@@ -26,9 +27,8 @@ BOOSTER_FILE = "model.lgb.txt"
 
 def pairs(events: np.ndarray, candidates: np.ndarray | None, num_items: int) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Flattened (event, item) pairs and the [N, C] shape; None = every item 1..I."""
-    if candidates is None:
-        candidates = np.broadcast_to(np.arange(1, num_items + 1), (len(events), num_items))
-    return np.repeat(events, candidates.shape[1]), np.asarray(candidates, np.int64).ravel(), candidates.shape
+    candidates = candidate_matrix(len(events), candidates, num_items)
+    return np.repeat(events, candidates.shape[1]), candidates.ravel(), candidates.shape
 
 
 class PopularityScorer:
@@ -130,11 +130,11 @@ def fit_run(cfg, run: RunDir, dataset_dir: Path) -> dict:
     for split in ("valid", "test"):
         data = EvalSplit.build(dataset, split, cfg.topk.sampled_negatives, cfg.data.seed)
         top_k = split == "test" or cfg.runtime.best_selection.primary_key not in CTR_STYLE  # as in training
-        metrics[split] = evaluate_sequential(scorer, data, cfg.topk, with_topk=top_k)
+        keep = (functools.partial(keep_candidate_scores, run, scorer.objective, data, dataset_dir)
+                if split == "test" else None)
+        metrics[split] = evaluate_sequential(scorer, data, cfg.topk, with_topk=top_k, keep_scores=keep)
         metrics[split]["auc_primary"] = metrics[split][cfg.runtime.best_selection.primary_key]
-        if split == "test":
-            keep_candidate_scores(run, scorer, data, dataset_dir)
-            test_rows = len(data.events)
+    test_rows = len(data.events)
     return {"best_step": best, "valid": metrics["valid"], "test": metrics["test"], "test_rows": test_rows,
             "parameters": parameters, "protocol": protocol_label(cfg), "feature_importance_gain": importance}
 

@@ -13,22 +13,27 @@ import torch
 
 from recsmith.atomic import write_json_atomic, write_text_atomic
 from recsmith.config.loader import dump_yaml
+from recsmith.config.schema import FITTED_ARCHITECTURES
 from recsmith.data.batches import SplitData, TrainStream, load_split
 from recsmith.data.compatibility import check_experiment_fits
 from recsmith.data.schema import DatasetSchema
 from recsmith.data.sources import resolve_dataset
 from recsmith.env_info import environment
 from recsmith.errors import ConfigError
-from recsmith.experiments.tracker import append_row, config_hash, key_hyperparameters, tracker_path
+from recsmith.experiments.tracker import (
+    append_row,
+    config_hash,
+    key_hyperparameters,
+    tracker_path,
+)
 from recsmith.models.ranking import build_model
 from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import load_checkpoint
 from recsmith.train.evaluate import evaluate
+from recsmith.train.fitted import fit_run
 from recsmith.train.losses import build_loss
 from recsmith.train.precision import resolve_precision
 from recsmith.train.predictions import save_predictions
-from recsmith.config.schema import FITTED_ARCHITECTURES
-from recsmith.train.fitted import fit_run
 from recsmith.train.sequential import SequentialSetup
 from recsmith.train.trainer import Trainer
 

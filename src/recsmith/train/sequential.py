@@ -3,6 +3,8 @@ ranking family; only the inputs, the loss and the evaluation differ."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -12,7 +14,11 @@ from recsmith.metrics.ranking import CTR_STYLE
 from recsmith.models.next_item import build_sequential_model
 from recsmith.train.checkpoint import load_checkpoint
 from recsmith.train.diagnostics import GateStats
-from recsmith.train.evaluate_sequential import EvalSplit, TorchScorer, evaluate_sequential
+from recsmith.train.evaluate_sequential import (
+    EvalSplit,
+    TorchScorer,
+    evaluate_sequential,
+)
 from recsmith.train.losses import MultiTaskLoss, NextItemLoss
 from recsmith.train.predictions import save_predictions
 from recsmith.train.sequential_data import CandidateData, WindowData
@@ -69,21 +75,20 @@ class SequentialSetup:
         self.model.load_state_dict(best["model"])
         test = EvalSplit.build(self.dataset, "test", self.cfg.topk.sampled_negatives, self.cfg.data.seed)
         scorer = split_scorer(self.model, self.dataset, test, self.cfg, self.device, self.precision)
-        metrics = evaluate_sequential(scorer, test, self.cfg.topk)
+        keep = functools.partial(keep_candidate_scores, run, scorer.objective, test, dataset_dir)
+        metrics = evaluate_sequential(scorer, test, self.cfg.topk, keep_scores=keep)
         metrics["auc_primary"] = metrics[self.key]
-        keep_candidate_scores(run, scorer, test, dataset_dir)
         return {"test": metrics, "best_step": best["step"], "test_rows": len(test.events),
                 "protocol": protocol_label(self.cfg)}
 
 
-def keep_candidate_scores(run, scorer, split: EvalSplit, dataset_dir) -> None:
+def keep_candidate_scores(run, objective: str, split: EvalSplit, dataset_dir, scores: np.ndarray) -> None:
     """The candidate rows' scores as predictions_test.npz, so chains compare AUC / GAUC (and,
     for BCE models, LogLoss) with intervals. BCE models keep their probability; other scores
     (softmax logits, counts) are kept as their rank among the rows scaled into (0, 1): a
     sigmoid would round large scores to the same float32 1.0 and create ties AUC then reads."""
     rows = split.rows
-    scores = scorer.score(rows["event"], rows["item_id"][:, None]).double().view(-1).numpy()
-    if scorer.objective == "bce":
+    if objective == "bce":
         kept = 1.0 / (1.0 + np.exp(-scores))
     else:
         distinct, rank = np.unique(scores, return_inverse=True)  # ties stay ties

@@ -13,7 +13,7 @@ import torch
 
 from recsmith.errors import TrainingError
 from recsmith.run_dir import RunDir
-from recsmith.train.checkpoint import rng_state, restore_rng_state, save_checkpoint
+from recsmith.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
 from recsmith.train.optim import build_optimizer
 from recsmith.train.schedule import build_schedulers
 
