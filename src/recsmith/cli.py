@@ -60,12 +60,21 @@ def _ids(text: Optional[str]) -> list[str]:
 def train(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
           set_: Optional[List[str]] = SetOption,
           run_dir: Optional[Path] = typer.Option(None, help="Run directory (default runs/NAME-TIME)."),
-          resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/ckpt_last.pt.")) -> None:
+          resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/ckpt_last.pt."),
+          init_from: Optional[Path] = typer.Option(
+              None, "--init-from", help="Warm-start from a finished ranking run (a model update on newer data): "
+                                        "its encoders are extended with new ids (data.extend_vocab_from), its "
+                                        "best weights copied (known ids keep their embedding rows, new ids "
+                                        "start fresh); the optimizer starts fresh. Sets runtime.init_from; "
+                                        "pass it again with --resume.")) -> None:
     """Train one experiment; writes config.yaml, train.log, metrics.jsonl, checkpoints, eval.json."""
     from recsmith.config.loader import load_experiment
     from recsmith.train.run import train_run
 
-    cfg = load_experiment(config, _overrides(set_))
+    overrides = _overrides(set_)
+    if init_from is not None:
+        overrides["runtime.init_from"] = str(init_from.expanduser().resolve())
+    cfg = load_experiment(config, overrides)
     if run_dir is None:
         if resume:
             raise RecsmithError("--resume needs --run-dir (the run to continue)")

@@ -56,6 +56,9 @@ class DataConfig(Strict):
     train_subset: Literal["all", "clicked"] = "all"
     options: dict[str, Any] = {}  # source-specific, validated by the source
     max_bad_rows: float = Field(0.001, ge=0.0, le=1.0)  # share of malformed raw rows tolerated
+    # a model update: a prepared dataset dir whose fitted encoders this preparation extends
+    # (known values keep their ids, new ones are appended); set by runtime.init_from
+    extend_vocab_from: Optional[str] = None
 
     _check_source = registered("source", "recsmith.data.sources", "SOURCES")
 
@@ -334,6 +337,7 @@ class RuntimeConfig(Strict):
     log_every_steps: int = Field(50, ge=1)
     num_threads: Optional[int] = Field(None, ge=1, le=512)
     flush_denormal: bool = True  # treat float32 values below 1.2e-38 as 0: faster on CPUs, same results
+    init_from: Optional[str] = None  # a finished ranking run dir to warm-start from (recsmith.train.warm_start)
     best_selection: BestSelectionConfig = Field(default_factory=BestSelectionConfig)
 
 

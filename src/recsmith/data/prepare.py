@@ -155,12 +155,14 @@ class _Validator:
 
 def prepare_tabular(spec: TabularSpec, read: Reader, out: Path, max_bad_rows: float,
                     progress: Progress = None, expected_rows: int = 0,
-                    rejects_path: Path | None = None) -> DatasetSchema:
+                    rejects_path: Path | None = None, base: Path | None = None) -> DatasetSchema:
     """Prepare into `out` (created; schema.json, written last, marks it complete).
-    Rejected rows go to `rejects_path` (default out/rejects.jsonl)."""
+    Rejected rows go to `rejects_path` (default out/rejects.jsonl). With `base` (a dataset
+    prepared earlier with the same feature definitions: a model update) the encoders start
+    from the base's and are extended, so known values keep their ids."""
     out.mkdir(parents=True, exist_ok=True)
     rejects_path = rejects_path or out / REJECTS_FILE
-    pipeline = FeaturePipeline(spec.features)
+    pipeline = FeaturePipeline.extending(spec.features, base) if base else FeaturePipeline(spec.features)
     validate = _Validator(spec, pipeline)
     if spec.user_field and spec.user_field not in [f.name for f in spec.features.categorical]:
         raise DataError(f"user_field '{spec.user_field}' is not a categorical feature")
@@ -218,7 +220,7 @@ def prepare_tabular(spec: TabularSpec, read: Reader, out: Path, max_bad_rows: fl
         name=spec.name, source=spec.source, sparse=pipeline.sparse_fields(), dense=pipeline.dense_fields(),
         labels=list(spec.labels), tasks=spec.tasks, user_field=spec.user_field, split_rows=split_rows,
         meta={**spec.meta, "rows_read": total, "rows_rejected": rejects.count,
-              "split": spec.split.model_dump()},
+              "split": spec.split.model_dump(), **({"extends_vocab_of": str(base)} if base else {})},
     )
     schema.save(out)
     return schema

@@ -14,7 +14,9 @@ encoded, and who owns it.
         transformation: {kind: standardize, log1p: true}
 
 Categorical kinds: `vocab` (a vocabulary fitted on the training split: values seen at
-least `min_count` times, the `max_size` most frequent; anything else → id 0),
+least `min_count` times, the `max_size` most frequent; anything else → id 0; a model
+update extending an earlier vocabulary keeps its values and appends at most `max_size`
+new ones),
 `identity` (integer ids already in [0, size); out of range → a rejected row), `bucketize`
 (numeric values cut at `boundaries`, or at `num_buckets` quantiles fitted on training
 data). Numeric kinds: `standardize` ((x − mean) / std), `minmax`, `none`. `log1p: true`

@@ -3,6 +3,11 @@ saved as JSON in the dataset dir, and applied the same way at prepare and servin
 
 Categorical encoders return int32 ids in [0, size) with 0 = missing / unseen; numeric
 encoders return float32.
+
+An encoder built from a saved state is already fitted. Fitting it again extends it (a
+model update on newer data): a `vocab` keeps every known value at its id and appends the
+new ones; every other encoder keeps its fitted state, so a model's inputs mean what they
+meant when its weights were trained.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class Encoder:
 
     def __init__(self, spec: FeatureSpec, state: dict | None = None):
         self.spec, self.t = spec, spec.transformation
+        self.loaded = state is not None  # fitted already: fit() only extends (see the module docstring)
         if state is not None:
             self.load(state)
 
@@ -58,7 +64,12 @@ class Encoder:
 
 @ENCODERS.register("vocab")
 class VocabEncoder(Encoder):
-    """Values seen at least `min_count` times in training, most frequent first; id 0 otherwise."""
+    """Values seen at least `min_count` times in training, most frequent first; id 0 otherwise.
+
+    Fitted from a saved state (a model update), the known values keep their ids and the
+    values new in this data (seen at least `min_count` times, most frequent first) are
+    appended after them; `max_size` then caps only how many new values are added.
+    """
 
     def __init__(self, spec, state=None):
         self.counts: pa.Table | None = None
@@ -75,10 +86,12 @@ class VocabEncoder(Encoder):
         if self.counts is None:
             return
         kept = self.counts.filter(pc.greater_equal(self.counts["count"], self.t.min_count))
+        kept = kept.filter(pc.invert(pc.is_in(kept["value"], value_set=self.values)))  # new values only
         kept = kept.sort_by([("count", "descending"), ("value", "ascending")])
         if self.t.max_size is not None:
             kept = kept.slice(0, self.t.max_size)
-        self.values, self.counts = kept["value"].combine_chunks(), None
+        self.values = pa.concat_arrays([self.values, kept["value"].combine_chunks().cast(pa.string())])
+        self.counts = None
 
     @property
     def size(self) -> int:
@@ -129,7 +142,7 @@ class BucketEncoder(Encoder):
         super().__init__(spec, state)
 
     def fit(self, column) -> None:
-        if self.t.boundaries is not None:
+        if self.t.boundaries is not None or self.loaded:
             return
         values = _scaled(as_float(column), self.t.log1p)
         values = values[np.isfinite(values)]
@@ -173,6 +186,8 @@ class _NumericEncoder(Encoder):
         super().__init__(spec, state)
 
     def fit(self, column) -> None:
+        if self.loaded:
+            return
         values = _scaled(as_float(column), self.t.log1p)
         values = values[np.isfinite(values)]
         if values.size:

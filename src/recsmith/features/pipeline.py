@@ -10,11 +10,12 @@ import pyarrow as pa
 
 from recsmith.atomic import write_json_atomic
 from recsmith.data.schema import VOCAB_FILE, DenseField, SparseField
-from recsmith.errors import DataError
+from recsmith.errors import ConfigError, DataError
 from recsmith.features.definitions import FeatureSet
 from recsmith.features.encoders import build_encoder
 
 FEATURES_FILE = "features.json"  # the definitions, beside vocab.json (the fitted encoders)
+DESCRIPTIVE = {"owner", "tags", "description"}  # free to change between model updates: no effect on encoding
 
 
 class FeaturePipeline:
@@ -92,3 +93,33 @@ class FeaturePipeline:
         except (OSError, ValueError) as exc:
             raise DataError(f"{directory}: no readable feature definitions and encoders ({exc})") from None
         return cls(features, states)
+
+    @classmethod
+    def extending(cls, features: FeatureSet, base: str | Path) -> "FeaturePipeline":
+        """Encoders starting from those fitted in the prepared dataset `base` (a model
+        update): fitting extends them (vocabularies append new values; every other
+        encoder keeps its state). `features` must define what the base's definitions
+        define (owner, tags and description may differ); a ConfigError names the rest."""
+        fitted = cls.load(base)
+        differences = definition_differences(fitted.features, features)
+        if differences:
+            raise ConfigError(f"data.extend_vocab_from: the feature definitions differ from those {base} was "
+                              f"prepared with: {'; '.join(differences)}")
+        return cls(features, {name: encoder.state() for name, encoder in fitted.encoders.items()})
+
+
+def definition_differences(old: FeatureSet, new: FeatureSet) -> list[str]:
+    """What differs between two feature sets, one phrase per difference (empty: the same)."""
+    before = {f.name: f.model_dump(mode="json", exclude=DESCRIPTIVE) for f in old.features}
+    after = {f.name: f.model_dump(mode="json", exclude=DESCRIPTIVE) for f in new.features}
+    found = []
+    if set(after) - set(before):
+        found.append(f"new features {', '.join(n for n in after if n not in before)}")
+    if set(before) - set(after):
+        found.append(f"missing features {', '.join(n for n in before if n not in after)}")
+    for name in (n for n in after if n in before and after[n] != before[n]):
+        keys = [k for k in after[name] if after[name][k] != before[name].get(k)]
+        found.append(", ".join(f"{name}.{k} {before[name].get(k)!r} → {after[name][k]!r}" for k in keys))
+    if not found and list(before) != list(after):
+        found.append(f"the same features in another order (was {', '.join(before)})")
+    return found

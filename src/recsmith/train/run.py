@@ -36,6 +36,8 @@ from recsmith.train.precision import resolve_precision
 from recsmith.train.predictions import save_predictions
 from recsmith.train.sequential import SequentialSetup
 from recsmith.train.trainer import Trainer
+from recsmith.train.warm_start import configure as configure_warm_start
+from recsmith.train.warm_start import old_run, warm_start
 
 log = logging.getLogger("recsmith.train")
 
@@ -70,8 +72,10 @@ def load_training_data(cfg, dataset_dir: Path, schema: DatasetSchema,
 def train_run(cfg, run_path: str | Path, resume: bool = False,
               on_step: Optional[Callable[[int, dict], None]] = None,
               data_progress=None) -> dict:
-    """Train `cfg` in `run_path` (or continue it with `resume`); returns eval.json's content."""
+    """Train `cfg` in `run_path` (or continue it with `resume`); returns eval.json's content.
+    With `runtime.init_from` the model starts from that run's weights (recsmith.train.warm_start)."""
     run = RunDir(run_path)
+    cfg = configure_warm_start(cfg)  # sets data.extend_vocab_from before the data is prepared
     if cfg.tracking.mlflow and importlib.util.find_spec("mlflow") is None:
         raise ConfigError("tracking.mlflow is true but MLflow is not installed: pip install 'recsmith[tracking]'")
     if run.has_run() and not resume:
@@ -121,8 +125,13 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     if resume and run.ckpt_last.exists():
         checkpoint = load_checkpoint(run.ckpt_last)
         if checkpoint["config"] != cfg.model_dump(mode="json"):
-            raise ConfigError(f"the config differs from the one {run.ckpt_last} was trained with; "
-                              "resume with the same config, or start a new run dir")
+            from recsmith.experiments.chain import flatten
+
+            saved, now = flatten(checkpoint["config"]), flatten(cfg.model_dump(mode="json"))
+            keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+            raise ConfigError(f"the config differs from the one {run.ckpt_last} was trained with "
+                              f"({', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}); resume with the same "
+                              f"config and options (--init-from too), or start a new run dir")
     write_text_atomic(run.config, config_yaml)
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
@@ -150,6 +159,11 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
             path.unlink(missing_ok=True)
         log.info("training %s: %s, %d parameters, %s on %s", cfg.name, setup.describe(),
                  sum(p.numel() for p in model.parameters()), precision.describe(), device)
+        if cfg.runtime.init_from:
+            done = warm_start(model, cfg.runtime.init_from, dataset_dir)
+            log.info("init_from %s (its best step %d): %d tensors copied, %d embedding rows kept, %d new rows "
+                     "freshly initialised; the optimizer starts fresh", done["run"], done["step"],
+                     done["tensors_copied"], done["embedding_rows_kept"], done["embedding_rows_new"])
     started = time.perf_counter()
     trainer.fit(on_step)
     train_seconds = time.perf_counter() - started
@@ -162,6 +176,8 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
                   valid_seconds=round(trainer.eval_seconds, 2),
                   steps=trainer.step, epochs=round(trainer.step * cfg.data.batch_size / len(setup.stream.data), 3))
     result["train_seconds_this_session"] = round(train_seconds, 2)
+    if cfg.runtime.init_from:
+        result["init_from"] = old_run(cfg.runtime.init_from).record()
     write_json_atomic(run.eval, result)
     log.info("done: best %s=%.6f at step %s; test %s=%.6f", result["primary_key"],
              result["valid"].get(result["primary_key"], float("nan")), result["best_step"],

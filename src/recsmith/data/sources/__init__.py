@@ -4,7 +4,9 @@ Only the source modules know raw formats; everything downstream reads the datase
 directory through its schema. A source is registered under the name `data.source`
 selects, and is called as `source(data_cfg, progress) -> Path`. Sources that read raw
 files take `data.path` (or a folder under $RECSMITH_DATA), validate their own
-`data.options`, and cache the prepared result under $RECSMITH_CACHE.
+`data.options`, and cache the prepared result under $RECSMITH_CACHE. Sources that
+prepare through `prepare_tabular` are marked `@extends_vocab`: they honour
+`data.extend_vocab_from` (a model update's base dataset, see `vocab_base`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel
 
-from recsmith.data.schema import SPLITS, DatasetSchema
-from recsmith.errors import DataError
+from recsmith.data.schema import SPLITS, VOCAB_FILE, DatasetSchema
+from recsmith.errors import ConfigError, DataError
 from recsmith.registry import Registry
 
 Progress = Optional[Callable[[int, int], None]]  # (done, total)
@@ -59,9 +61,39 @@ def source_options(model: type[BaseModel], data_cfg) -> BaseModel:
     return validate_model(model, data_cfg.options, prefix="data.options.")
 
 
+def extends_vocab(source: Callable) -> Callable:
+    """Marks a source that honours `data.extend_vocab_from` (passes `vocab_base` to prepare_tabular)."""
+    source.extends_vocab = True
+    return source
+
+
+def can_extend_vocab(source: str) -> bool:
+    return source in SOURCES and getattr(SOURCES.get(source), "extends_vocab", False)
+
+
+def vocab_base(data_cfg) -> tuple[Optional[Path], dict]:
+    """(the prepared dataset whose fitted encoders this preparation extends, from
+    `data.extend_vocab_from`, or None; its part of the cache key: the base's encoder files,
+    so a dataset extended from a base is cached apart, and {} without one)."""
+    if not data_cfg.extend_vocab_from:
+        return None, {}
+    from recsmith.features.pipeline import FEATURES_FILE
+
+    base = Path(data_cfg.extend_vocab_from).expanduser().resolve()
+    files = [base / FEATURES_FILE, base / VOCAB_FILE]
+    if not all(f.is_file() for f in files):
+        raise ConfigError(f"data.extend_vocab_from: {base} is not a prepared dataset with fitted encoders "
+                          f"({FEATURES_FILE} and {VOCAB_FILE})")
+    return base, {"extend_vocab_from": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+
+
 def resolve_dataset(data_cfg, progress: Progress = None) -> Path:
     """The prepared dataset directory for a `data` config, preparing it if needed."""
-    return SOURCES.get(data_cfg.source, "data.source")(data_cfg, progress)
+    source = SOURCES.get(data_cfg.source, "data.source")
+    if data_cfg.extend_vocab_from and not getattr(source, "extends_vocab", False):
+        raise ConfigError(f"data.extend_vocab_from: the '{data_cfg.source}' source cannot extend vocabularies "
+                          "(its ids are fixed); remove the key")
+    return source(data_cfg, progress)
 
 
 def check_dataset_dir(path: Path) -> DatasetSchema:

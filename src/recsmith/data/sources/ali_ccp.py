@@ -66,7 +66,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from recsmith.data.prepare import LINE, SPLIT, Chunk, RejectLog, SplitRule, TabularSpec, prepare_cached, \
     prepare_tabular
 from recsmith.data.readers import NUMBER
-from recsmith.data.sources import SOURCES, Progress, cache_dir, raw_data_dir, source_options
+from recsmith.data.sources import SOURCES, Progress, cache_dir, extends_vocab, raw_data_dir, source_options, \
+    vocab_base
 from recsmith.errors import DataError, did_you_mean
 from recsmith.features.definitions import FeatureSet, FeatureSpec
 from recsmith.tasks import FUNNEL_TASKS
@@ -496,17 +497,20 @@ def ali_ccp_spec(options: AliCcpOptions, seed: int) -> TabularSpec:
 
 
 @SOURCES.register("ali_ccp")
+@extends_vocab
 def ali_ccp_source(data_cfg, progress: Progress = None) -> Path:
     """Ali-CCP from its raw files in `data.path` (see the module docstring)."""
     options = source_options(AliCcpOptions, data_cfg)
     directory = raw_data_dir(data_cfg, "ali-ccp", "the Ali-CCP folder", DOWNLOAD_HINT).resolve()
     files = raw_files(directory)
+    base, base_key = vocab_base(data_cfg)
     payload = {"path": str(directory), "format": FORMAT_VERSION, "options": options.model_dump(),
                "seed": data_cfg.seed, "max_bad_rows": data_cfg.max_bad_rows,
-               "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for pair in files.values() for p in pair]}
+               "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for pair in files.values() for p in pair],
+               **base_key}
 
     def build(staging: Path, rejects: Path) -> None:
         prepare_tabular(ali_ccp_spec(options, data_cfg.seed), AliCcpReader(files, options.fields, progress),
-                        staging, data_cfg.max_bad_rows, rejects_path=rejects)
+                        staging, data_cfg.max_bad_rows, rejects_path=rejects, base=base)
 
     return prepare_cached(cache_dir("ali_ccp", payload), build)

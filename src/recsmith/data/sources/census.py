@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from recsmith.data.download import fetch
 from recsmith.data.prepare import LINE, Chunk, RejectLog, SplitRule, TabularSpec, prepare_cached, prepare_tabular
 from recsmith.data.readers import find_file, read_delimited
-from recsmith.data.sources import SOURCES, Progress, cache_dir, cache_root, raw_data_dir, source_options
+from recsmith.data.sources import SOURCES, Progress, cache_dir, cache_root, extends_vocab, raw_data_dir, \
+    source_options, vocab_base
 from recsmith.errors import DataError
 from recsmith.features.definitions import FeatureSet, FeatureSpec, Transformation
 from recsmith.tasks import TaskSpec
@@ -215,18 +216,20 @@ def locate_raw(data_cfg, options: CensusOptions, progress: Progress) -> Path:
 
 
 @SOURCES.register(SOURCE)
+@extends_vocab
 def census_income(data_cfg, progress: Progress = None) -> Path:
     """The prepared Census-Income (KDD) dataset, built once per raw files and options."""
     options = source_options(CensusOptions, data_cfg)
     raw_dir = locate_raw(data_cfg, options, progress).resolve()
     read, paths = reader(raw_dir)
+    base, base_key = vocab_base(data_cfg)
     payload = {"format_version": FORMAT_VERSION, "valid_fraction": options.valid_fraction, "seed": data_cfg.seed,
                "max_bad_rows": data_cfg.max_bad_rows,
-               "files": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]}
+               "files": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths], **base_key}
     spec = tabular_spec(options, data_cfg.seed, raw_dir)
 
     def build(staging: Path, rejects: Path) -> None:
         prepare_tabular(spec, read, staging, data_cfg.max_bad_rows, progress,
-                        expected_rows=sum(f.rows for f in REMOTE_FILES), rejects_path=rejects)
+                        expected_rows=sum(f.rows for f in REMOTE_FILES), rejects_path=rejects, base=base)
 
     return prepare_cached(cache_dir(SOURCE, payload), build)

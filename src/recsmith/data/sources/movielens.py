@@ -35,8 +35,8 @@ from recsmith.data.download import fetch
 from recsmith.data.prepare import LINE, SPLIT, Chunk, RejectLog, SplitRule, TabularSpec, prepare_cached, prepare_tabular
 from recsmith.data.readers import find_file, read_delimited
 from recsmith.data.sequence_dataset import write_sequence_dataset
-from recsmith.data.sources import SOURCES, Progress, cache_dir, cache_root, source_options
-from recsmith.errors import DataError
+from recsmith.data.sources import SOURCES, Progress, cache_dir, cache_root, extends_vocab, source_options, vocab_base
+from recsmith.errors import ConfigError, DataError
 from recsmith.features.definitions import FeatureSet
 from recsmith.tasks import FUNNEL_TASKS, TaskSpec
 
@@ -262,9 +262,13 @@ def _source(name: str):
         options = source_options(MovieLensOptions, data_cfg)
         folder = locate(data_cfg, variant, progress)
         files = sorted(p for p in folder.iterdir() if p.is_file())
+        base, base_key = vocab_base(data_cfg)
+        if base and options.view == "sequence":
+            raise ConfigError("data.extend_vocab_from: the sequence view cannot extend vocabularies "
+                              "(a ranking view can)")
         payload = {"source": name, "folder": str(folder.resolve()), "options": options.model_dump(),
                    "seed": data_cfg.seed, "max_bad_rows": data_cfg.max_bad_rows,
-                   "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
+                   "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files], **base_key}
         tasks = list(FUNNEL_TASKS) if options.view == "funnel" else [TaskSpec("ctr", "click")]
         labels = {t.label: t.label for t in tasks}
         built: dict[str, pa.Table] = {}
@@ -304,14 +308,15 @@ def _source(name: str):
                       "sampling": "unrated movies drawn uniformly per rating" if options.view != "ctr_rating" else None,
                       "split_rule": "by rating time: latest test_fraction test, the valid_fraction before it valid"},
             )
-            schema = prepare_tabular(spec, read, staging, data_cfg.max_bad_rows, progress, rejects_path=rejects)
+            schema = prepare_tabular(spec, read, staging, data_cfg.max_bad_rows, progress, rejects_path=rejects,
+                                     base=base)
             schema.meta["raw_counts"] = built["counts"]
             schema.save(staging)
 
         return prepare_cached(cache_dir(name, payload), build_sequences if options.view == "sequence" else build)
 
     movielens.__doc__ = f"MovieLens ({variant.folder}), prepared in the chosen view and cached."
-    return movielens
+    return extends_vocab(movielens)
 
 
 for _name in VARIANTS:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recsmith.config.loader import read_yaml, validate_model
 from recsmith.data.prepare import Chunk, RejectLog, SplitRule, TabularSpec, prepare_cached, prepare_tabular
 from recsmith.data.readers import read_delimited, read_parquet
-from recsmith.data.sources import SOURCES, Progress, cache_dir
+from recsmith.data.sources import SOURCES, Progress, cache_dir, extends_vocab, vocab_base
 from recsmith.errors import DataError
 from recsmith.features.definitions import FeatureSpec, FeatureSet
 from recsmith.tasks import FUNNEL_TASKS, TaskSpec
@@ -115,6 +115,7 @@ def reader(spec: TableDatasetSpec, files: list[Path]):
 
 
 @SOURCES.register("table")
+@extends_vocab
 def table_source(data_cfg, progress: Progress = None) -> Path:
     """CSV / Parquet files described by the dataset spec at `data.path`."""
     if not data_cfg.path:
@@ -122,11 +123,12 @@ def table_source(data_cfg, progress: Progress = None) -> Path:
     spec_path = Path(data_cfg.path).expanduser().resolve()
     spec = load_table_spec(spec_path)
     files = input_files(spec, spec_path.parent)
+    base, base_key = vocab_base(data_cfg)
     payload = {"spec": spec.model_dump(mode="json"), "max_bad_rows": data_cfg.max_bad_rows,
-               "files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+               "files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files], **base_key}
 
     def build(staging: Path, rejects: Path) -> None:
         prepare_tabular(tabular_spec(spec), reader(spec, files), staging, data_cfg.max_bad_rows,
-                        progress, rejects_path=rejects)
+                        progress, rejects_path=rejects, base=base)
 
     return prepare_cached(cache_dir("table", payload), build)
