@@ -318,6 +318,126 @@ def data_info(path: Path = typer.Argument(..., help="A prepared dataset director
     console.print(describe_dataset(path))
 
 
+# ------------------------------------------------------------------------ registry
+registry_app = typer.Typer(no_args_is_help=True, help="A local model registry: versions, stages, gated promotion.")
+app.add_typer(registry_app, name="registry")
+RegistryOption = typer.Option(None, "--registry", help="Registry root (default $RECSMITH_REGISTRY, else runs/registry).")
+ReasonOption = typer.Option("", "--reason", help="Why (recorded in the history).")
+UserOption = typer.Option(None, "--user", help="Who (default: the login name).")
+MlflowOption = typer.Option(None, "--mlflow/--no-mlflow",
+                            help="Mirror into MLflow's model registry (default $RECSMITH_REGISTRY_MLFLOW).")
+
+
+def _mirror(registry, mlflow: Optional[bool]):
+    from recsmith.serve.model_registry import MlflowMirror, mlflow_by_default
+
+    return MlflowMirror(registry) if (mlflow_by_default() if mlflow is None else mlflow) else None
+
+
+def _metric_text(version) -> str:
+    valid, test = version.metric("valid"), version.metric("test")
+    return (f"{version.primary_key}: valid {'n/a' if valid is None else f'{valid:.6f}'}, "
+            f"test {'n/a' if test is None else f'{test:.6f}'}")
+
+
+@registry_app.command("add")
+def registry_add(name: str = typer.Argument(..., help="Model name."),
+                 run_dir: Path = typer.Argument(..., help="A finished ranking run directory."),
+                 stage: str = typer.Option("staging", "--stage", help="staging, or production when there is none."),
+                 reason: str = ReasonOption, user: Optional[str] = UserOption,
+                 registry: Optional[Path] = RegistryOption, mlflow: Optional[bool] = MlflowOption) -> None:
+    """Bundle a finished run as the next version of NAME."""
+    from recsmith.serve.model_registry import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    mirror = _mirror(reg, mlflow)  # MLflow missing fails before anything is written
+    version = reg.add(name, run_dir, stage=stage, reason=reason, user=user)
+    console.print(f"{name} v{version.version} ({version.stage}) · {_metric_text(version)} · {version.path}",
+                  highlight=False)
+    if mirror:
+        info = mirror.add(version)
+        console.print(f"MLflow: registered model {name} version {info['model_version']} ({mirror.uri})",
+                      highlight=False)
+
+
+@registry_app.command("list")
+def registry_list(name: Optional[str] = typer.Argument(None, help="One model (default: all)."),
+                  registry: Optional[Path] = RegistryOption) -> None:
+    """Every version: stage, primary metric on valid and test, config hash, run dir."""
+    from rich.table import Table
+
+    from recsmith.serve.model_registry import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    table = Table(title=f"model registry {reg.root}")
+    for column in ("name", "version", "stage", "primary metric", "valid", "test", "config", "created", "run dir"):
+        table.add_column(column, justify="right" if column in ("version", "valid", "test") else "left")
+    for model in [name] if name else reg.names():
+        for v in reg.versions(model):
+            valid, test = v.metric("valid"), v.metric("test")
+            table.add_row(v.name, f"v{v.version}", v.stage, v.primary_key or "",
+                          "" if valid is None else f"{valid:.6f}", "" if test is None else f"{test:.6f}",
+                          str(v.metadata.get("config_hash", ""))[:8],
+                          str(v.metadata.get("created") or v.metadata.get("registered", "")),
+                          str(v.metadata.get("run_dir", "")))
+    console.print(table)
+
+
+@registry_app.command("promote")
+def registry_promote(name: str = typer.Argument(..., help="Model name."),
+                     version: str = typer.Argument(..., help="Version: 3 or v3."),
+                     to: str = typer.Option("production", "--to", help="production or staging."),
+                     force: bool = typer.Option(False, "--force", help="Promote even if the metric gate says no."),
+                     tolerance: Optional[float] = typer.Option(
+                         None, "--tolerance", help="How much worse than production the test primary metric may be "
+                                                   "(default $RECSMITH_PROMOTE_TOLERANCE, else 0.001)."),
+                     reason: str = ReasonOption, user: Optional[str] = UserOption,
+                     registry: Optional[Path] = RegistryOption, mlflow: Optional[bool] = MlflowOption) -> None:
+    """Move a version to production (gated on its test primary metric; the old one is archived) or staging."""
+    from recsmith.serve.model_registry import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    mirror = _mirror(reg, mlflow)
+    promoted = reg.promote(name, version, to=to, force=force, reason=reason, user=user, tolerance=tolerance)
+    event = reg.history(name)[-1] if to != "production" else \
+        next(e for e in reversed(reg.history(name)) if e["action"] == "promote")
+    console.print(f"{name} v{promoted.version} → {promoted.stage} · {_metric_text(promoted)}", highlight=False)
+    if event.get("gate"):
+        console.print(f"gate: {event['gate']}", highlight=False)
+    if event.get("production_version") is not None:
+        console.print(f"{name} v{event['production_version']} → archived", highlight=False)
+    if mirror:
+        mirror.sync(name)
+
+
+@registry_app.command("archive")
+def registry_archive(name: str = typer.Argument(..., help="Model name."),
+                     version: str = typer.Argument(..., help="Version: 3 or v3."),
+                     reason: str = ReasonOption, user: Optional[str] = UserOption,
+                     registry: Optional[Path] = RegistryOption, mlflow: Optional[bool] = MlflowOption) -> None:
+    """Retire a version (its bundle stays, resolvable as NAME@vN)."""
+    from recsmith.serve.model_registry import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    mirror = _mirror(reg, mlflow)
+    archived = reg.archive(name, version, reason=reason, user=user)
+    console.print(f"{name} v{archived.version} → archived", highlight=False)
+    if mirror:
+        mirror.sync(name)
+
+
+@registry_app.command("history")
+def registry_history(name: str = typer.Argument(..., help="Model name."),
+                     registry: Optional[Path] = RegistryOption) -> None:
+    """Every stage change of NAME: when, who, what, why, forced or not."""
+    from recsmith.serve.model_registry import ModelRegistry
+
+    for e in ModelRegistry(registry).history(name):
+        gate = f" [{e['gate']}]" if e.get("gate") else ""
+        console.print(f"{e['when']}  {e['who']}  v{e['version']}: {e['from'] or '-'} → {e['to']}"
+                      f"{' (forced)' if e['forced'] else ''}{gate}  {e['why']}", markup=False, highlight=False)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)
