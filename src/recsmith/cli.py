@@ -438,6 +438,58 @@ def registry_history(name: str = typer.Argument(..., help="Model name."),
                       f"{' (forced)' if e['forced'] else ''}{gate}  {e['why']}", markup=False, highlight=False)
 
 
+# ------------------------------------------------------------------------- monitor
+MONITOR_P1_EXIT = 3  # 2 is every command's exit code for bad input, so a P1 alert gets its own
+
+
+@app.command("monitor")
+def monitor_command(
+        reference: Path = typer.Option(..., "--reference", help="Prepared dataset the model was trained on."),
+        current: Path = typer.Option(..., "--current", help="Prepared dataset, or raw rows: a Parquet file or a "
+                                                             "directory of them (a request log)."),
+        model: Optional[Path] = typer.Option(None, "--model", help="Run dir or bundle: score both sides, compare "
+                                                                  "AUC / GAUC with its eval.json test metrics."),
+        reference_split: str = typer.Option("train", "--reference-split", help="train, valid or test."),
+        current_split: str = typer.Option("test", "--current-split", help="When --current is a dataset."),
+        out: Path = typer.Option(Path("monitor"), "--out", help="Where the report goes."),
+        max_rows: int = typer.Option(200_000, "--max-rows", min=1, help="Rows sampled per side (seeded).")) -> None:
+    """Drift and health: PSI / KS / JS per feature, missing rates, calibration, AUC drop.
+    Writes MONITOR_REPORT.md, monitor_report.html and monitor.json; exits 0 for OK or P2, 3 for P1."""
+    from rich import box
+    from rich.table import Table
+
+    from recsmith.monitor.check import monitor
+    from recsmith.monitor.report import write_monitor_report
+
+    with console.status("monitoring"):
+        report = monitor(reference, current, model, reference_split, current_split, max_rows)
+        paths = write_monitor_report(report, out)
+    drifted = report.drifted
+    if drifted:
+        table = Table(title=f"{len(drifted)} of {len(report.features)} features drifted", box=box.SIMPLE_HEAD)
+        for column in ("feature", "kind", "PSI", "status", "KS D/JS", "missing ref→cur"):
+            table.add_column(column, justify="right" if column in ("PSI", "KS D/JS") else "left",
+                             no_wrap=column == "feature")
+        for f in drifted:
+            test = f.ks_statistic if f.kind == "dense" else f.js_divergence
+            missing = "→".join("n/a" if m is None else f"{100 * m:.1f}%" for m in (f.missing_reference, f.missing_current))
+            table.add_row(f.name, "dense" if f.kind == "dense" else "categ.", f"{f.psi:.4f}", f.status,
+                          f"{test:.4f}", missing, style="red" if f.status == "major" else "yellow")
+        console.print(table)
+    else:
+        top = max(report.features, key=lambda f: f.psi)
+        console.print(f"no feature drifted (largest PSI {top.psi:.4f}, {top.name})")
+    for drop in report.drops:
+        console.print(f"{drop.metric}: run test {drop.baseline:.4f} → {drop.current:.4f} "
+                      f"({round(-100 * drop.relative_drop, 2) + 0.0:+.2f}%) {drop.level}", highlight=False)
+    colour = {"OK": "green", "P2": "yellow", "P1": "red"}[report.level]
+    console.print(f"level [bold {colour}]{report.level}[/]" + (f": {report.reasons[0]}" if report.reasons else ""))
+    for path in paths:
+        console.print(f"wrote {path}")
+    if report.level == "P1":
+        raise typer.Exit(MONITOR_P1_EXIT)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)

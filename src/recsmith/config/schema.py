@@ -43,6 +43,11 @@ class SyntheticFunnelConfig(Strict):
     cvr_signal: float = Field(1.0, gt=0.0, le=5.0, description="std of the true CVR logit")
     valid_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    zipf_shift: float = Field(
+        0.0, ge=-1.0, le=2.0,
+        description="added to the Zipf exponents that draw users, items and context fields per impression: "
+                    "a covariate shift (popularity only; the world and the true probabilities stay the same)",
+    )
 
 
 class DataConfig(Strict):

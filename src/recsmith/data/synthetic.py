@@ -114,12 +114,14 @@ def zipf_sampler(rng: np.random.Generator, vocab: int, exponent: float) -> Calla
 class FunnelWorld:
     """Fixed tables (attributes, effects, latents) from which impressions are drawn."""
 
-    def __init__(self, seed: int, task_correlation: float):
+    def __init__(self, seed: int, task_correlation: float, zipf_shift: float = 0.0):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
         self.rho = task_correlation
-        self.draw_user = zipf_sampler(rng, NUM_USERS, 1.05)
-        self.draw_item = zipf_sampler(rng, NUM_ITEMS, 1.10)
-        self.draw_context = {f: zipf_sampler(rng, _spec(f).vocab, a) for f, a in CONTEXT_ZIPF.items()}
+        # `zipf_shift` changes only how impressions are drawn: a sampler's id order (its rng
+        # draws) does not depend on the exponent, so every table below stays the same
+        self.draw_user = zipf_sampler(rng, NUM_USERS, 1.05 + zipf_shift)
+        self.draw_item = zipf_sampler(rng, NUM_ITEMS, 1.10 + zipf_shift)
+        self.draw_context = {f: zipf_sampler(rng, _spec(f).vocab, a + zipf_shift) for f, a in CONTEXT_ZIPF.items()}
         # user attributes, derived from the user id
         self.user = {
             "user_age": rng.choice(8, NUM_USERS, p=_normalise([3, 12, 20, 18, 14, 12, 11, 10])),
@@ -244,13 +246,16 @@ class SyntheticFunnel:
 
     def __init__(self, knobs, seed: int):
         self.knobs, self.seed = knobs, seed
-        self.world = FunnelWorld(seed, knobs.task_correlation)
+        self.world = FunnelWorld(seed, knobs.task_correlation, knobs.zipf_shift)
         self.calibration = self._calibrate()
 
     def _calibrate(self) -> Calibration:
+        """Intercepts and standardisation from the unshifted world, so that `zipf_shift`
+        is a pure covariate shift: P(click, conversion | features) stays the same."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1]))
-        fields = self.world.draw_fields(rng, CALIBRATION_ROWS)
-        g_click, g_cvr = self.world.logits(fields, self.world.dense_features(rng, fields))
+        world = FunnelWorld(self.seed, self.knobs.task_correlation) if self.knobs.zipf_shift else self.world
+        fields = world.draw_fields(rng, CALIBRATION_ROWS)
+        g_click, g_cvr = world.logits(fields, world.dense_features(rng, fields))
         k = self.knobs
         mc, sc, mv, sv = g_click.mean(), g_click.std(), g_cvr.mean(), g_cvr.std()
         z_click, z_cvr = (g_click - mc) / sc, (g_cvr - mv) / sv
