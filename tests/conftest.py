@@ -92,3 +92,41 @@ def open_in_chromium(page, screenshot=None) -> tuple[str, str]:
 
 def console_messages(log: str) -> list[str]:
     return [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+# ------------------------------------------------------------ finished ranking runs
+BASE_CONFIG = REPO / "configs" / "base" / "mtl_funnel.yaml"
+
+
+@pytest.fixture(scope="session")
+def ranking_runs(tmp_path_factory, isolated_cache):
+    """Two tiny finished ranking runs (ctr + cvr heads) on the same synthetic data, differing
+    only in their seed: what serving, export and registry tests ship and swap."""
+    from recsmith.config.loader import load_experiment
+    from recsmith.train.run import train_run
+
+    root = tmp_path_factory.mktemp("ranking-runs")
+    runs = []
+    for seed in (1, 2):
+        cfg = load_experiment(BASE_CONFIG, {**TINY, "runtime.seed": seed, "name": f"tiny_seed{seed}"})
+        train_run(cfg, root / f"seed{seed}")
+        runs.append(root / f"seed{seed}")
+    return runs
+
+
+def raw_synthetic_rows(dataset_dir: Path, split: str = "test") -> "pyarrow.Table":  # noqa: F821
+    """A split of the synthetic funnel as raw rows, the way a log carries them: ids as drawn
+    (the stored id − 1; 0 stored = missing → null), dense values as they are."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from recsmith.data.synthetic import DENSE, FIELDS
+
+    table = pq.read_table(dataset_dir / f"{split}.parquet")
+    columns = {}
+    for spec in FIELDS:
+        stored = table[spec.name]
+        columns[spec.name] = pc.if_else(pc.equal(stored, 0), pa.scalar(None, pa.int32()), pc.subtract(stored, 1))
+    columns.update({name: table[name] for name in DENSE})
+    return pa.table(columns)

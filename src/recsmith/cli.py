@@ -158,6 +158,73 @@ def explain(run_dir: Path = typer.Argument(..., help="A lightgbm or hybrid run d
         console.print(f"  {step}", markup=False, highlight=False)
 
 
+# --------------------------------------------------------------- export · predict · serve
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="A finished ranking run directory."),
+           format_: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default RUN_DIR/export-FORMAT)."),
+           parity_rows: Optional[int] = typer.Option(None, "--parity-rows", min=1,
+                                                     help="Test rows to check parity on (default: the whole split).")) -> None:
+    """Export the model (with its encoders, in a bundle) and check parity with PyTorch on the test split."""
+    from recsmith.serve.export import export_run
+
+    with console.status(f"exporting {run_dir} as {format_} and checking parity"):
+        report = export_run(run_dir, format_, out, parity_rows)
+    worst = max(report["max_abs_diff"].values())
+    console.print(f"wrote {report['out']}/{report['file']}: outputs {', '.join(report['outputs'])}; "
+                  f"max |exported − PyTorch| = {worst:.2e} on {report['parity_rows']:,} test rows "
+                  f"(tolerance {report['tolerance']:g})")
+
+
+def _row_progress(what: str) -> Progress:
+    return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, disable=not interactive())
+
+
+@app.command()
+def predict(model: str = typer.Argument(..., help="A run dir, a bundle dir, or a registry ref (name, name@stage, name@vN)."),
+            input_: Path = typer.Option(..., "--input", help="Raw rows: a Parquet file, a folder of them, or a CSV."),
+            output: Path = typer.Option(..., "--output", help="Parquet or CSV: the input's columns + prob_<output>."),
+            chunk_rows: int = typer.Option(65_536, "--chunk-rows", min=1, help="Rows scored at a time."),
+            registry: Optional[Path] = typer.Option(None, "--registry", help="Registry root for a ref.")) -> None:
+    """Batch inference: stream a file through the model's encoders and model in chunks."""
+    from recsmith.serve.batch import predict_file
+    from recsmith.serve.sources import ModelSource
+
+    loaded = ModelSource(registry).load(model)
+    with _row_progress("scoring") as progress:
+        task = progress.add_task("rows", total=None)
+        rows = predict_file(loaded.scorer, input_, output, chunk_rows,
+                            lambda done, total: progress.update(task, completed=done, total=total))
+    console.print(f"scored {rows:,} rows with {loaded.label} into {output}")
+
+
+@app.command()
+def serve(model: str = typer.Option(..., "--model", help="A registry ref (name, name@stage, name@vN) or a bundle/run dir."),
+          host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
+          port: int = typer.Option(8000, help="Port."),
+          token: Optional[str] = typer.Option(None, "--token", envvar="RECSMITH_SERVE_TOKEN",
+                                              help="Bearer token required on every endpoint but /health."),
+          registry: Optional[Path] = typer.Option(None, "--registry", help="Registry root."),
+          canary: Optional[str] = typer.Option(None, "--canary", help="Gray release: a second model ..."),
+          canary_share: float = typer.Option(0.0, "--canary-share", help="... and the share of traffic it gets."),
+          watch: float = typer.Option(0.0, "--watch", help="Poll the registry every N seconds; hot-swap a new version."),
+          log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Log requests and features to Parquet here."),
+          max_batch: int = typer.Option(1000, "--max-batch", min=1, help="Rows per request (more: 413)."),
+          max_pending: int = typer.Option(32, "--max-pending", min=1, help="Requests admitted at once (more: 503)."),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for inference.")) -> None:
+    """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, hot swap, gray release."""
+    from recsmith.serve.app import ServeSettings
+    from recsmith.serve.server import make_app, run_service
+
+    setup_logging()
+    settings = ServeSettings(max_batch=max_batch, max_pending=max_pending, token=token, log_dir=log_dir,
+                             watch_seconds=watch)
+    app_ = make_app(model, settings, str(registry) if registry else None, canary, canary_share, threads)
+    console.print(f"serving {model} on http://{host}:{port} (POST /predict, GET /health, GET /metadata)")
+    run_service(app_, host, port, token)
+
+
 # -------------------------------------------------------------------------- report
 @app.command()
 def report(directory: Path = typer.Argument(..., help="A chain's output dir, a --seeds output dir, or a dir of run dirs.")) -> None:

@@ -35,7 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsmith.data.schema import SPLITS, VOCAB_FILE, DatasetSchema, DenseField, SparseField
+from recsmith.data.schema import SPLITS, DatasetSchema, DenseField, SparseField
+from recsmith.features.definitions import FeatureSet, FeatureSpec, Transformation
+from recsmith.features.pipeline import FeaturePipeline
 from recsmith.tasks import FUNNEL_TASKS
 
 GENERATOR_VERSION = 2
@@ -334,9 +336,23 @@ class SyntheticFunnel:
                 writer.close()
         schema = self.schema(split_rows)
         schema.save(directory)
-        vocab = {s.name: {"size": s.vocab + 1, "encoding": "raw id + 1; 0 = unknown"} for s in FIELDS}
-        (directory / VOCAB_FILE).write_text(json.dumps(vocab, indent=2) + "\n")
+        write_feature_definitions(directory)
         return schema
+
+
+def feature_set() -> FeatureSet:
+    """The generator's fields as feature definitions: raw ids in [0, vocab) (`identity`,
+    stored as id + 1, 0 = missing) and dense values as generated (`none`), so a served
+    request carries the same raw values a log of this funnel would."""
+    specs = [FeatureSpec(name=s.name, type="categorical", entity=s.entity,
+                         transformation=Transformation(kind="identity", size=s.vocab)) for s in FIELDS]
+    specs += [FeatureSpec(name=name, type="numeric", transformation=Transformation(kind="none")) for name in DENSE]
+    return FeatureSet(features=specs)
+
+
+def write_feature_definitions(directory: Path) -> None:
+    """features.json and vocab.json: what serving and monitoring read to encode raw rows."""
+    FeaturePipeline(feature_set()).save(directory)
 
 
 def dataset_key(knobs, seed: int) -> str:

@@ -17,6 +17,12 @@ from recsmith.features.encoders import build_encoder
 FEATURES_FILE = "features.json"  # the definitions, beside vocab.json (the fitted encoders)
 DESCRIPTIVE = {"owner", "tags", "description"}  # free to change between model updates: no effect on encoding
 
+ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
+def wrong_type(spec, exc: Exception) -> DataError:
+    return DataError(f"column '{spec.column}' (feature {spec.name}): values of the wrong type ({exc})")
+
 
 class FeaturePipeline:
     """Encoders for a FeatureSet: `fit` on training chunks, `finish`, then `transform`."""
@@ -42,7 +48,10 @@ class FeaturePipeline:
         bad = np.zeros(table.num_rows, bool)
         reasons = np.full(table.num_rows, "", dtype=object)
         for spec in self.features.features:
-            mask = self.encoders[spec.name].invalid(table.column(spec.column))
+            try:
+                mask = self.encoders[spec.name].invalid(table.column(spec.column))
+            except ARROW_ERRORS as exc:
+                raise wrong_type(spec, exc) from None
             if mask is not None and mask.any():
                 fresh = mask & ~bad
                 reasons[fresh] = f"{spec.column}: out of range for {spec.name}"
@@ -52,7 +61,13 @@ class FeaturePipeline:
     def transform(self, table: pa.Table) -> dict[str, np.ndarray]:
         """Encoded columns by feature name: int32 ids (categorical), float32 (numeric)."""
         self._check_columns(table)
-        return {f.name: self.encoders[f.name].transform(table.column(f.column)) for f in self.features.features}
+        encoded = {}
+        for spec in self.features.features:
+            try:
+                encoded[spec.name] = self.encoders[spec.name].transform(table.column(spec.column))
+            except ARROW_ERRORS as exc:
+                raise wrong_type(spec, exc) from None
+        return encoded
 
     def transform_records(self, records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         """Raw records (as served) → (sparse [N, F] int32, dense [N, D] float32) model inputs.

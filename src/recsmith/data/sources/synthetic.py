@@ -11,7 +11,8 @@ from recsmith.data.sources import SOURCES, Progress, cache_root
 @SOURCES.register("synthetic")
 def synthetic_funnel(data_cfg, progress: Progress = None) -> Path:
     """Generated once per (knobs, seed) and cached."""
-    from recsmith.data.synthetic import SyntheticFunnel, dataset_key
+    from recsmith.data.synthetic import SyntheticFunnel, dataset_key, write_feature_definitions
+    from recsmith.features.pipeline import FEATURES_FILE
 
     knobs = data_cfg.synthetic
 
@@ -19,4 +20,7 @@ def synthetic_funnel(data_cfg, progress: Progress = None) -> Path:
         SyntheticFunnel(knobs, data_cfg.seed).write(
             staging, (lambda done: progress(done, knobs.rows)) if progress else None)
 
-    return prepare_cached(cache_root() / "synthetic" / dataset_key(knobs, data_cfg.seed), build)
+    directory = prepare_cached(cache_root() / "synthetic" / dataset_key(knobs, data_cfg.seed), build)
+    if not (directory / FEATURES_FILE).is_file():  # cached by a recsmith that did not write them yet
+        write_feature_definitions(directory)
+    return directory

@@ -1,0 +1,1 @@
+"""Shipping a trained ranking model: bundles, scoring, export, registry, the HTTP service."""

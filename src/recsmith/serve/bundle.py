@@ -1,0 +1,91 @@
+"""A model bundle: everything needed to score raw rows with a trained ranking model, in one
+self-contained directory that outlives its run dir and its dataset cache.
+
+    bundle.json     what it is: source run, config hash, tasks, metrics, features, data range
+    config.yaml     the run's resolved config
+    model.pt        {"model": state dict of the best checkpoint, "step": ...}
+    schema.json     the dataset schema (fields, vocabulary sizes, tasks)
+    features.json   the feature definitions     } the one transformation code path
+    vocab.json      the fitted encoders         } shared with training (FeaturePipeline)
+    eval.json       the run's evaluation report
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from recsmith.atomic import save_torch_atomic, write_json_atomic
+from recsmith.data.schema import SCHEMA_FILE, VOCAB_FILE, DatasetSchema
+from recsmith.errors import DataError
+from recsmith.experiments.tracker import config_hash
+from recsmith.features.pipeline import FEATURES_FILE
+from recsmith.run_dir import RunDir
+from recsmith.train.checkpoint import load_checkpoint
+
+BUNDLE_FILE = "bundle.json"
+MODEL_FILE = "model.pt"
+
+
+def run_dataset_dir(run: RunDir) -> Path:
+    """The prepared dataset a finished run trained on (recorded in its eval.json)."""
+    report = run.read_json(run.eval)
+    if not report:
+        raise DataError(f"{run.path}: not a finished run (no readable eval.json)")
+    dataset = Path(report.get("dataset", ""))
+    if not (dataset / SCHEMA_FILE).is_file():
+        raise DataError(f"{run.path}: its dataset {dataset} is gone; prepare it again (recsmith data prepare "
+                        f"{run.config}) before bundling")
+    return dataset
+
+
+def check_bundlable(run: RunDir) -> tuple[dict, dict, Path]:
+    """(config, eval report, dataset dir) of a run that can be bundled, or a DataError."""
+    if not run.config.is_file():
+        raise DataError(f"not a run directory (no config.yaml): {run.path}")
+    config = yaml.safe_load(run.config.read_text())
+    if config.get("model", {}).get("family", "ranking") != "ranking":
+        raise DataError(f"{run.path}: only ranking runs can be bundled for serving (this one is "
+                        f"{config['model']['family']})")
+    if not run.ckpt_best.is_file():
+        raise DataError(f"{run.path}: no ckpt_best.pt (the run has not finished a validation)")
+    dataset = run_dataset_dir(run)
+    if not (dataset / FEATURES_FILE).is_file():
+        raise DataError(f"{dataset}: no {FEATURES_FILE}, so raw rows cannot be encoded for serving; prepare "
+                        "the dataset again with this version of recsmith")
+    return config, run.read_json(run.eval) or {}, dataset
+
+
+def write_bundle(run_dir: str | Path, dest: str | Path) -> dict:
+    """Copy a finished ranking run into the bundle directory `dest` (created; must not exist
+    or be empty). Returns bundle.json's content."""
+    run, dest = RunDir(run_dir), Path(dest)
+    config, report, dataset = check_bundlable(run)
+    schema = DatasetSchema.load(dataset)
+    best = load_checkpoint(run.ckpt_best)
+    dest.mkdir(parents=True, exist_ok=True)
+    save_torch_atomic(dest / MODEL_FILE, {"model": best["model"], "step": best["step"]})
+    shutil.copyfile(run.config, dest / "config.yaml")
+    for name in (SCHEMA_FILE, FEATURES_FILE, VOCAB_FILE):
+        shutil.copyfile(dataset / name, dest / name)
+    shutil.copyfile(run.eval, dest / "eval.json")
+    meta = {
+        "run_dir": str(run.path.resolve()),
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "config_hash": config_hash(config),
+        "family": "ranking",
+        "name": config.get("name"),
+        "tasks": list(config["model"]["enabled_heads"]),
+        "primary_key": report.get("primary_key"),
+        "best_step": best["step"],
+        "metrics": {"valid": report.get("valid", {}), "test": report.get("test", {})},
+        "features": [f["name"] for f in json.loads((dataset / FEATURES_FILE).read_text())["features"]],
+        "training_data": {"dataset": str(dataset), "source": schema.source, "split_rows": schema.split_rows,
+                          **({"time_range": schema.meta["time_range"]} if "time_range" in schema.meta else {})},
+    }
+    write_json_atomic(dest / BUNDLE_FILE, meta)
+    return meta

@@ -1,0 +1,137 @@
+"""`recsmith export`: a run's model as ONNX or TorchScript, inside a model bundle.
+
+The exported graph maps encoded inputs to probabilities:
+    sparse [N, F] int32 ids, dense [N, D] float32  →  one [N] float32 output per head
+    (named after the head; plus `ctcvr` = p_ctr · p_cvr when both heads exist).
+Raw rows are encoded before the graph by the bundle's fitted encoders (`features.json` +
+`vocab.json`), the same code path that prepared the training data
+(`recsmith.serve.scorer.Scorer.encode`; see docs/serving.md for doing it in another
+language). Every export is checked against the PyTorch model on the test split and refused
+when any probability differs by more than `PARITY_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsmith.atomic import write_json_atomic
+from recsmith.data.batches import load_split
+from recsmith.errors import ConfigError, DataError
+from recsmith.registry import Registry
+from recsmith.serve.bundle import run_dataset_dir, write_bundle
+from recsmith.serve.scorer import Scorer
+from recsmith.run_dir import RunDir
+
+PARITY_TOLERANCE = 1e-5
+EXPORT_FILE = "export.json"
+EXPORTERS: Registry[Callable] = Registry("export format")
+Runner = Callable[[np.ndarray, np.ndarray], list[np.ndarray]]  # (sparse, dense) -> outputs in order
+
+
+class ProbabilityGraph(nn.Module):
+    """The ranking model with its probabilities as a tuple of outputs (what gets exported)."""
+
+    def __init__(self, scorer: Scorer):
+        super().__init__()
+        self.model, self.outputs = scorer.model, scorer.outputs
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.model(sparse, dense)
+        probs = {task: torch.sigmoid(value) for task, value in logits.items()}
+        if "ctcvr" in self.outputs:
+            probs["ctcvr"] = probs["ctr"] * probs["cvr"]
+        return tuple(probs[name] for name in self.outputs)
+
+
+@EXPORTERS.register("onnx")
+def export_onnx(graph: ProbabilityGraph, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> Runner:
+    import onnxruntime
+
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(graph, example, str(path), input_names=["sparse", "dense"], output_names=graph.outputs,
+                      dynamic_shapes={"sparse": {0: batch}, "dense": {0: batch}}, dynamo=True,
+                      external_data=False, verbose=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda sparse, dense: session.run(graph.outputs, {"sparse": sparse, "dense": dense})
+
+
+@EXPORTERS.register("torchscript")
+def export_torchscript(graph: ProbabilityGraph, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> Runner:
+    """TorchScript (deprecated by PyTorch in favour of torch.export, still what many C++
+    serving stacks load): a trace, which fits these models (no data-dependent control flow)."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(graph, example, check_trace=False)
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path))
+
+    @torch.inference_mode()
+    def run(sparse, dense):
+        return [t.numpy() for t in loaded(torch.from_numpy(sparse), torch.from_numpy(dense))]
+
+    return run
+
+
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts.pt"}
+NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime")}  # the optional extra `export`
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, parity_rows: int | None = None,
+               batch_size: int = 8192) -> dict:
+    """Write a bundle with the exported model into `out` (default RUN_DIR/export-FORMAT) and
+    check parity on the test split; returns export.json's content."""
+    exporter = EXPORTERS.get(fmt, "--format")
+    missing = [m for m in NEEDS.get(fmt, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"--format {fmt} needs {', '.join(missing)}: pip install 'recsmith[export]'")
+    run = RunDir(run_dir)
+    out = Path(out) if out else run.path / f"export-{fmt}"
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out: {out} already exists and is not empty")
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        write_bundle(run.path, staging)
+        scorer = Scorer.load(staging)
+        test = load_split(run_dataset_dir(run), scorer.schema, "test", with_columns=False)
+        rows = len(test) if parity_rows is None else min(parity_rows, len(test))
+        sparse, dense = test.sparse[:rows].numpy(), test.dense[:rows].numpy()
+        graph = ProbabilityGraph(scorer).eval()
+        example = (torch.from_numpy(sparse[:2].copy()), torch.from_numpy(dense[:2].copy()))
+        model_file = staging / f"model{SUFFIX[fmt]}"
+        run_exported = exporter(graph, example, model_file)
+        worst = parity(scorer, run_exported, sparse, dense, batch_size)
+        report = {"format": fmt, "file": model_file.name, "inputs": {"sparse": list(sparse.shape[1:]), "dense": list(dense.shape[1:])},
+                  "outputs": scorer.outputs, "parity_rows": rows, "max_abs_diff": worst,
+                  "tolerance": PARITY_TOLERANCE, "torch": torch.__version__,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if max(worst.values()) > PARITY_TOLERANCE:
+            raise DataError(f"exported {fmt} model differs from PyTorch by {max(worst.values()):.2e} "
+                            f"(> {PARITY_TOLERANCE}) on the test split: {worst}")
+        write_json_atomic(staging / EXPORT_FILE, report)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**report, "out": str(out)}
+
+
+def parity(scorer: Scorer, run_exported: Runner, sparse: np.ndarray, dense: np.ndarray, batch_size: int) -> dict[str, float]:
+    """The largest absolute difference per output between PyTorch and the exported model."""
+    worst = dict.fromkeys(scorer.outputs, 0.0)
+    for start in range(0, len(sparse), batch_size):
+        s, d = np.ascontiguousarray(sparse[start:start + batch_size]), np.ascontiguousarray(dense[start:start + batch_size])
+        reference = scorer.predict_encoded(s, d)
+        for name, values in zip(scorer.outputs, run_exported(s, d)):
+            worst[name] = max(worst[name], float(np.abs(np.asarray(values, np.float64) - reference[name]).max()))
+    return worst

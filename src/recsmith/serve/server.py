@@ -1,0 +1,72 @@
+"""Running the scoring service with uvicorn: in the foreground (`recsmith serve`) or on a
+background thread (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import uvicorn
+
+from recsmith.errors import ConfigError
+from recsmith.serve.app import ServeSettings, build_app
+from recsmith.serve.routing import Deployment
+from recsmith.serve.sources import ModelSource
+
+log = logging.getLogger("recsmith.serve")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def make_app(model: str, settings: ServeSettings, registry: Optional[str] = None, canary: Optional[str] = None,
+             canary_share: float = 0.0, threads: Optional[int] = None):
+    """Load the first deployment (bad references fail here, before anything listens)."""
+    if not 0.0 <= canary_share <= 1.0:
+        raise ConfigError(f"--canary-share: {canary_share} is not a share in [0, 1]")
+    if threads:
+        torch.set_num_threads(threads)
+    source = ModelSource(registry)
+    deployment = Deployment(source.load(model), source.load(canary) if canary else None,
+                            canary_share if canary else 0.0)
+    return build_app(deployment, source, settings, primary_ref=model)
+
+
+def run_service(app, host: str, port: int, token: Optional[str]) -> None:
+    if host not in LOOPBACK and not token:
+        log.warning("serving on %s without a bearer token: anyone who can reach it can score and swap models", host)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+@dataclass
+class BackgroundServer:
+    server: uvicorn.Server
+    thread: threading.Thread
+    url: str
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def start_background(app, host: str = "127.0.0.1", port: Optional[int] = None, timeout: float = 30.0) -> BackgroundServer:
+    """Serve `app` on a thread; returns once it accepts connections."""
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the service did not start on {host}:{port}")
+        time.sleep(0.02)
+    return BackgroundServer(server, thread, f"http://{host}:{port}")
