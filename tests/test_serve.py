@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -203,3 +204,38 @@ def test_overload_is_answered_503_and_the_service_keeps_serving(ranking_runs):
             assert client.get(f"{server.url}/health").json()["rejected_overload"] == codes.count(503)
     finally:
         server.stop()
+
+
+def test_serving_a_registry_reference_follows_promotions(ranking_runs, tmp_path):
+    from recsmith.serve.model_registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.add("funnel", ranking_runs[0], stage="production", reason="first")
+    registry.add("funnel", ranking_runs[1])
+    source = ModelSource(tmp_path / "registry")
+    app = build_app(Deployment(source.load("funnel@production")), source, ServeSettings(watch_seconds=0.1),
+                    primary_ref="funnel@production")
+    row = raw_synthetic_rows(dataset_of(ranking_runs[0])).slice(0, 1).to_pylist()
+    server = start_background(app)
+    try:
+        with httpx.Client() as client:
+            assert post_rows(client, server.url, row).json()["model"] == "funnel@v1"
+            registry.promote("funnel", 2, force=True, reason="test the watch")
+            deadline = time.monotonic() + 20
+            while client.get(f"{server.url}/health").json()["model"] != "funnel@v2":
+                assert time.monotonic() < deadline, "the service did not follow the promotion"
+                time.sleep(0.05)
+            answer = post_rows(client, server.url, row).json()
+            assert answer["model"] == "funnel@v2"
+            expected = Scorer.load(registry.resolve("funnel@v2").path).predict_table(pa.Table.from_pylist(row))
+            assert answer["predictions"]["ctr"] == pytest.approx(expected["ctr"].tolist(), abs=1e-12)
+    finally:
+        server.stop()
+
+
+def test_serve_refuses_an_unknown_model_before_listening(tmp_path):
+    from conftest import run_cli
+
+    failed = run_cli("serve", "--model", "nobody@production", "--registry", tmp_path / "empty", "--port", "0")
+    assert failed.returncode != 0
+    assert "nobody" in failed.stdout + failed.stderr and "Traceback" not in failed.stderr
