@@ -27,6 +27,10 @@ RESERVOIR = 1_000_000  # values kept for quantile fitting (a seeded uniform samp
 
 def as_float(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """float64 values with NaN for nulls."""
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        # numbers convert directly (nulls → NaN), several times faster than a cast kernel
+        # on the small batches a scoring request carries
+        return column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
 
 

@@ -81,7 +81,8 @@ class FeaturePipeline:
         return sparse, dense
 
     def _check_columns(self, table: pa.Table) -> None:
-        missing = [c for c in self.features.columns if c not in table.column_names]
+        present = set(table.column_names)  # a new list on every access: read it once
+        missing = [c for c in self.features.columns if c not in present]
         if missing:
             raise DataError(f"input lacks the columns the feature definitions read: {', '.join(missing)}")
 
