@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO, TINY, run_cli
+from conftest import run_cli
 from recsmith.errors import ConfigError, DataError
 from recsmith.serve import model_registry
 from recsmith.serve.model_registry import ModelRegistry, PromotionRefused, registry_root
@@ -256,13 +256,9 @@ def test_concurrent_adds_get_distinct_versions(registry, tmp_path, monkeypatch):
 
 # ------------------------------------------------ a real run, through the CLI
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """One tiny trained multi-task run (the real bundler needs its checkpoint and dataset)."""
-    run_dir = tmp_path_factory.mktemp("registry-run") / "run"
-    settings = [item for key, value in TINY.items() for item in ("--set", f"{key}={value}")]
-    result = run_cli("train", REPO / "configs" / "base" / "mtl_funnel.yaml", "--run-dir", run_dir, *settings)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return run_dir
+def finished_run(ranking_runs):
+    """A tiny trained multi-task run (the real bundler needs its checkpoint and dataset)."""
+    return ranking_runs[0]
 
 
 def test_cli_add_list_promote_on_a_real_run(finished_run, tmp_path):

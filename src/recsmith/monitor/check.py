@@ -190,11 +190,11 @@ def _reference_schema(reference: Path) -> DatasetSchema:
     return DatasetSchema.load(reference)
 
 
-def _sample_index(rows: int, max_rows: int, seed: int) -> np.ndarray | None:
-    """Sorted row numbers of a seeded uniform sample, or None to keep every row."""
-    if rows <= max_rows:
-        return None
-    return np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+def _sampled(table: pa.Table, max_rows: int, seed: int) -> pa.Table:
+    """A seeded uniform sample of at most `max_rows` rows, in their order."""
+    if table.num_rows <= max_rows:
+        return table
+    return table.take(np.sort(np.random.default_rng(seed).choice(table.num_rows, max_rows, replace=False)))
 
 
 def read_dataset_side(directory: Path, split: str, schema: DatasetSchema, max_rows: int, seed: int) -> Side:
@@ -214,9 +214,7 @@ def read_dataset_side(directory: Path, split: str, schema: DatasetSchema, max_ro
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read the fields the schema names ({exc})") from None
     total = table.num_rows
-    index = _sample_index(total, max_rows, seed)
-    if index is not None:
-        table = table.take(index)
+    table = _sampled(table, max_rows, seed)
     sparse = _stack(table, schema.sparse_names, np.int32)
     dense = _stack(table, schema.dense_names, np.float32, nan_for_null=True)
     missing: dict[str, float | None] = {n: drift.missing_rate(sparse[:, j], categorical=True)
@@ -261,14 +259,12 @@ def read_log_side(path: Path, reference: Path, schema: DatasetSchema, max_rows: 
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"--current: cannot read {path} ({exc})") from None
     total = table.num_rows
-    index = _sample_index(total, max_rows, seed)
-    if index is not None:
-        table = table.take(index)
-    bad, _ = pipeline.invalid_rows(table)
+    table = _sampled(table, max_rows, seed)
     try:
+        bad, _ = pipeline.invalid_rows(table)
         encoded = pipeline.transform(table)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        raise DataError(f"--current: a raw column has values of the wrong type ({exc})") from None
+    except DataError as exc:
+        raise DataError(f"--current: {exc}") from None
     absent = [n for n in schema.sparse_names + schema.dense_names if n not in encoded]
     if absent:
         raise DataError(f"{reference}: {FEATURES_FILE} does not define the schema's fields {', '.join(absent)}")
