@@ -72,6 +72,11 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
     request_log = RequestLog(settings.log_dir) if settings.log_dir else None
     stop_watch = threading.Event()
     counters = {"requests": 0, "rows": 0, "rejected_overload": 0, "errors": 0, "swaps": 0}
+    counting = threading.Lock()  # requests run on a thread pool: += on a dict item is not atomic
+
+    def count(key: str, amount: int = 1) -> None:
+        with counting:
+            counters[key] += amount
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.watch_seconds > 0 and primary_ref:
@@ -111,7 +116,7 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
         if len(body.rows) > settings.max_batch:
             raise HTTPException(413, f"{len(body.rows)} rows in one request; at most {settings.max_batch}")
         if not admission.acquire(blocking=False):
-            counters["rejected_overload"] += 1
+            count("rejected_overload")
             raise HTTPException(503, f"overloaded: {settings.max_pending} requests already admitted; retry later")
         try:
             chosen = slot.current.choose(body.routing_key or body.request_id)
@@ -119,13 +124,13 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
             with inference:
                 probs = chosen.scorer.predict_table(table)
         except RecsmithError as exc:
-            counters["errors"] += 1
+            count("errors")
             raise HTTPException(422, str(exc)) from None
         finally:
             admission.release()
         request_id = body.request_id or uuid.uuid4().hex
-        counters["requests"] += 1
-        counters["rows"] += len(body.rows)
+        count("requests")
+        count("rows", len(body.rows))
         if request_log is not None:
             request_log.append(logged_rows(table, probs, request_id, chosen.label))
         return {"model": chosen.label, "request_id": request_id,
@@ -136,7 +141,7 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
         new = _load(body.model)  # loaded before the swap: requests keep flowing meanwhile
         old = slot.current.primary.label
         slot.swap(primary=new)
-        counters["swaps"] += 1
+        count("swaps")
         log.info("hot swap: %s -> %s", old, new.label)
         return {"previous": old, "model": new.label}
 
@@ -167,7 +172,7 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
             old = slot.current.primary.label
             if new.label != old:
                 slot.swap(primary=new)
-                counters["swaps"] += 1
+                count("swaps")
                 log.info("hot swap (registry): %s -> %s", old, new.label)
 
     return app
