@@ -1,7 +1,7 @@
 """A model bundle: everything needed to score raw rows with a trained ranking model, in one
 self-contained directory that outlives its run dir and its dataset cache.
 
-    bundle.json     what it is: source run, config hash, tasks, metrics, features, data range
+    bundle.json     what it is: source run, config hash, tasks, metrics, features, training data
     config.yaml     the run's resolved config
     model.pt        {"model": state dict of the best checkpoint, "step": ...}
     schema.json     the dataset schema (fields, vocabulary sizes, tasks)
@@ -29,6 +29,9 @@ from recsmith.train.checkpoint import load_checkpoint
 
 BUNDLE_FILE = "bundle.json"
 MODEL_FILE = "model.pt"
+# what a dataset's schema records about the rows a model learned from: how they were split,
+# how many were read and rejected, which data it extended, a synthetic funnel's knobs and seed
+TRAINING_DATA_META = ("split", "rows_read", "rows_rejected", "extends_vocab_of", "knobs", "seed")
 
 
 def run_dataset_dir(run: RunDir) -> Path:
@@ -85,7 +88,7 @@ def write_bundle(run_dir: str | Path, dest: str | Path) -> dict:
         "metrics": {"valid": report.get("valid", {}), "test": report.get("test", {})},
         "features": [f["name"] for f in json.loads((dataset / FEATURES_FILE).read_text())["features"]],
         "training_data": {"dataset": str(dataset), "source": schema.source, "split_rows": schema.split_rows,
-                          **({"time_range": schema.meta["time_range"]} if "time_range" in schema.meta else {})},
+                          **{key: schema.meta[key] for key in TRAINING_DATA_META if key in schema.meta}},
     }
     write_json_atomic(dest / BUNDLE_FILE, meta)
     return meta
