@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 
 from recsmith.atomic import write_json_atomic
 from recsmith.errors import ConfigError, DataError, RecsmithError, did_you_mean
+from recsmith.serve.bundle import write_bundle
 
 ROOT_ENV = "RECSMITH_REGISTRY"
 TOLERANCE_ENV = "RECSMITH_PROMOTE_TOLERANCE"
@@ -73,8 +74,7 @@ class ModelVersion:
 
     def metric(self, split: str = "test") -> float | None:
         """The primary metric on `split` (valid or test), None when absent or not finite."""
-        value = self.metadata.get("metrics", {}).get(split, {}).get(self.primary_key or "")
-        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+        return _metric(self.metadata, split, self.primary_key or "")
 
 
 def registry_root(root: str | Path | None = None) -> Path:
@@ -108,18 +108,12 @@ def _now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _default_bundler(run_dir: Path, dest: Path) -> dict:
-    from recsmith.serve.bundle import write_bundle
-
-    return write_bundle(run_dir, dest)
-
-
 class ModelRegistry:
     """The registry under `root` (see the module docstring for the layout)."""
 
     def __init__(self, root: str | Path | None = None, bundler: Bundler | None = None):
         self.root = registry_root(root)
-        self._bundler = bundler or _default_bundler
+        self._bundler = bundler or write_bundle
 
     # ------------------------------------------------------------------ reading
     def names(self) -> list[str]:
@@ -268,10 +262,10 @@ class ModelRegistry:
         """The promotion decision recorded in the history; raises PromotionRefused when it is no
         and `force` is off."""
         key = entry.get("primary_key") or ""
-        candidate = _test_metric(entry, key)
+        candidate = _metric(entry, "test", key)
         record = {"primary_key": key, "candidate_metric": candidate, "tolerance": tolerance,
                   "production_version": current["version"] if current else None,
-                  "production_metric": _test_metric(current, key) if current else None}
+                  "production_metric": _metric(current, "test", key) if current else None}
         if current is None:
             return {**record, "gate": "no production version"}
         production = record["production_metric"]
@@ -367,8 +361,9 @@ def _check_name(name: str) -> None:
                           "(starting with a letter or digit)")
 
 
-def _test_metric(entry: dict, key: str) -> float | None:
-    value = entry.get("metrics", {}).get("test", {}).get(key)
+def _metric(entry: dict, split: str, key: str) -> float | None:
+    """A version's metric `key` on `split`; None when absent or not finite."""
+    value = entry.get("metrics", {}).get(split, {}).get(key)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 

@@ -27,7 +27,7 @@ class ModelSource:
         from recsmith.serve.model_registry import ModelRegistry
 
         version = ModelRegistry(self.registry_root).resolve(ref)
-        return f"{version.name}@v{version.version}", version.path
+        return version.ref, version.path
 
     def label(self, ref: str) -> str:
         return self.resolve(ref)[0]
