@@ -98,17 +98,24 @@ def console_messages(log: str) -> list[str]:
 BASE_CONFIG = REPO / "configs" / "base" / "mtl_funnel.yaml"
 
 
+# The precision each of the two runs below trains in, forced, so the suite covers both paths
+# on every machine (with or without native bf16): what `runtime.amp: auto` would pick differs.
+RUN_PRECISIONS = ("bf16", False)
+
+
 @pytest.fixture(scope="session")
 def ranking_runs(tmp_path_factory, isolated_cache):
     """Two tiny finished ranking runs (ctr + cvr heads) on the same synthetic data, differing
-    only in their seed: what serving, export and registry tests ship and swap."""
+    in their seed and training precision (bf16 autocast, fp32): what serving, export and
+    registry tests ship and swap."""
     from recsmith.config.loader import load_experiment
     from recsmith.train.run import train_run
 
     root = tmp_path_factory.mktemp("ranking-runs")
     runs = []
-    for seed in (1, 2):
-        cfg = load_experiment(BASE_CONFIG, {**TINY, "runtime.seed": seed, "name": f"tiny_seed{seed}"})
+    for seed, amp in zip((1, 2), RUN_PRECISIONS):
+        cfg = load_experiment(BASE_CONFIG, {**TINY, "runtime.seed": seed, "runtime.amp": amp,
+                                            "name": f"tiny_seed{seed}"})
         train_run(cfg, root / f"seed{seed}")
         runs.append(root / f"seed{seed}")
     return runs

@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import CHAIN, console_messages, open_in_chromium, run_cli, tiny_chain_file
+
+from recsmith.train.precision import resolve_precision
 
 pytestmark = pytest.mark.slow
 METRICS_BY_HEADS = {
@@ -50,6 +53,10 @@ def test_all_seven_succeed_with_every_metric(finished_chain):
         assert row["auc_primary"] == row[row["primary_key"]]
     assert rows["E0a"]["auc_cvr"] == "" and rows["E0b"]["auc_ctr"] == ""
     assert "summary.csv" in result.stdout and "delta_analysis.txt" in result.stdout
+    trained = resolve_precision("auto", torch.device("cpu")).name  # what auto picks on this machine
+    assert {(r["train_precision"], r["score_precision"], r["budget"]) for r in rows.values()} == {(trained, "fp32", "40 steps")}
+    assert f"precision (E0a, E0b, E1, E2, E3, E4, E5): trained in {trained}, scored in fp32" in result.stdout
+    assert "budget (E0a, E0b, E1, E2, E3, E4, E5): 40 steps" in result.stdout
 
 
 def test_run_dirs_hold_the_promised_files(finished_chain):

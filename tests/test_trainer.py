@@ -57,4 +57,5 @@ def test_bf16_autocast_on_cpu_trains_to_finite_metrics(tmp_path):
     result = train_run(cfg, tmp_path / "run")
     assert all(math.isfinite(result["test"][k]) for k in ("auc_ctr", "auc_cvr", "auc_ctcvr", "loss"))
     env = (tmp_path / "run" / "env.json").read_text()
-    assert "bfloat16 autocast (runtime.amp is true)" in env
+    assert "bf16 autocast (runtime.amp is true); scored in fp32" in env
+    assert result["precision"] == {"train": "bf16", "score": "fp32", "device": "cpu", "reason": "runtime.amp is true"}

@@ -334,9 +334,12 @@ class TopKConfig(Strict):
 class RuntimeConfig(Strict):
     seed: int = 20260127
     max_train_steps: int = Field(2000, ge=1)
-    max_train_seconds: Optional[float] = Field(None, gt=0.0)  # a wall-clock budget (training + validation)
+    max_train_epochs: Optional[float] = Field(None, gt=0.0)  # passes over the training data: same on every machine
+    max_train_seconds: Optional[float] = Field(None, gt=0.0)  # a wall-clock budget (training + validation): machine-dependent
     early_stopping_patience: Optional[int] = Field(None, ge=1)  # evaluations without improvement before stopping
-    amp: Union[bool, Literal["auto"]] = "auto"
+    # training precision (scores are always fp32): auto = a reduced one only where measured faster
+    # on this hardware class; true = bf16 on CPU, fp16 on CUDA; bf16 / fp16 force it; false = fp32
+    amp: Union[bool, Literal["auto", "bf16", "fp16"]] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every_steps: int = Field(500, ge=1)
     log_every_steps: int = Field(50, ge=1)
@@ -344,6 +347,16 @@ class RuntimeConfig(Strict):
     flush_denormal: bool = True  # treat float32 values below 1.2e-38 as 0: faster on CPUs, same results
     init_from: Optional[str] = None  # a finished ranking run dir to warm-start from (recsmith.train.warm_start)
     best_selection: BestSelectionConfig = Field(default_factory=BestSelectionConfig)
+
+    def budget(self) -> str:
+        """The training budget in words (whichever limit comes first ends training); a
+        wall-clock limit is labelled machine-dependent, since a faster machine trains more steps."""
+        parts = [f"{self.max_train_steps} steps"]
+        if self.max_train_epochs:
+            parts.append(f"{self.max_train_epochs:g} epochs")
+        if self.max_train_seconds:
+            parts.append(f"{self.max_train_seconds:g} s wall clock (machine-dependent)")
+        return ", ".join(parts)
 
 
 class TrackingConfig(Strict):

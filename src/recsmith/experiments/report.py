@@ -187,7 +187,7 @@ def _calibration(run: RunDir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def _summary_table(rows: list[dict], errors: dict, error_label: str, seeds: dict | None) -> dict:
     metrics = [m for m in TABLE_METRICS if any(r.get(m) is not None for r in rows)]
     header = ["exp", "status", "best step", *(f"{m} ({PROTOCOL_OF[m]})" if m in PROTOCOL_OF else m for m in metrics),
-              "wall (s)"]
+              "precision (trained → scored)", "budget", "wall (s)"]
     body = []
     seed_stats = {e["exp_id"]: e["metrics"] for e in seeds["experiments"]} if seeds else {}
     for r in rows:
@@ -204,7 +204,8 @@ def _summary_table(rows: list[dict], errors: dict, error_label: str, seeds: dict
                 cells.append(f"{value:.4f} [{low:.4f}, {high:.4f}]")
             else:
                 cells.append(f"{value:.4f}")
-        cells.append(str(r.get("wall_seconds") or ""))
+        cells.append(f"{r['train_precision']} → {r['score_precision']}" if r.get("train_precision") else "")
+        cells += [r.get("budget") or "", str(r.get("wall_seconds") or "")]
         body.append(cells)
     note = ("mean ± std over seeds" if seeds else f"test value [{error_label}]")
     return {"header": header, "rows": body, "note": note}

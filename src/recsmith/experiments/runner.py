@@ -243,6 +243,12 @@ class ChainRunner:
                           *(f"{r[c]:.4f}" if isinstance(r[c], float) else "" for c in
                             ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "loss")))
         self.console.print(table)
+        precisions = {r["exp_id"]: f"trained in {r['train_precision']}, scored in {r['score_precision']}"
+                      for r in rows if r["train_precision"]}
+        budgets = {r["exp_id"]: r["budget"] for r in rows if r["budget"]}
+        for label, values in (("precision", precisions), ("budget", budgets)):
+            for value in dict.fromkeys(values.values()):
+                self.console.print(f"{label} ({', '.join(e for e, v in values.items() if v == value)}): {value}")
         oracle = next((r for r in rows if r.get("oracle_auc_ctr") is not None), None)
         if oracle:
             self.console.print("oracle AUC: " + "  ".join(

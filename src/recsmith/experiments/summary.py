@@ -18,7 +18,8 @@ METRIC_COLUMNS = ("auc_primary", "auc_ctr", "auc_cvr", "auc_cvr_masked", "auc_ct
                   "calibration_cvr", "loss")
 ORACLE_COLUMNS = ("oracle_auc_ctr", "oracle_auc_cvr", "oracle_auc_ctcvr", "oracle_auc_cvr_entire")
 COLUMNS = ("exp_id", "description", "status", "primary_key", "best_step", "max_train_steps",
-           *METRIC_COLUMNS, "valid_auc_primary", *ORACLE_COLUMNS, "parameters", "wall_seconds", "run_dir")
+           *METRIC_COLUMNS, "valid_auc_primary", *ORACLE_COLUMNS, "train_precision", "score_precision", "budget",
+           "parameters", "wall_seconds", "run_dir")
 # sequential runs (both metric families) add these, when a chain has any
 SEQUENTIAL_COLUMNS = (*sequential_metric_names([5, 10, 20]), "train_seconds", "epochs", "stop_reason")
 
@@ -52,7 +53,9 @@ def summary_row(exp_id: str, description: str, run: RunDir) -> dict:
                    max_train_steps=result.get("max_train_steps"),
                    valid_auc_primary=valid.get("auc_primary"), parameters=result.get("parameters"))
         row.update({c: test.get(c) for c in (*METRIC_COLUMNS, *ORACLE_COLUMNS, *SEQUENTIAL_COLUMNS) if c in test})
-        row.update({c: result.get(c) for c in ("train_seconds", "epochs", "stop_reason")})
+        row.update({c: result.get(c) for c in ("train_seconds", "epochs", "stop_reason", "budget")})
+        precision = result.get("precision", {})
+        row.update(train_precision=precision.get("train"), score_precision=precision.get("score"))
     return row
 
 

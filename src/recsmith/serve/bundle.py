@@ -26,6 +26,7 @@ from recsmith.experiments.tracker import config_hash
 from recsmith.features.pipeline import FEATURES_FILE
 from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import load_checkpoint
+from recsmith.train.precision import SCORING
 
 BUNDLE_FILE = "bundle.json"
 MODEL_FILE = "model.pt"
@@ -63,6 +64,12 @@ def check_bundlable(run: RunDir) -> tuple[dict, dict, Path]:
     return config, run.read_json(run.eval) or {}, dataset
 
 
+def served_precision(report: dict) -> dict:
+    """Which precision trained the model (its eval.json) and which one scores it (always SCORING)."""
+    trained = report.get("precision", {}).get("train", "not recorded (a run from before recsmith recorded it)")
+    return {"train": trained, "score": SCORING}
+
+
 def write_bundle(run_dir: str | Path, dest: str | Path) -> dict:
     """Copy a finished ranking run into the bundle directory `dest` (created; must not exist
     or be empty). Returns bundle.json's content."""
@@ -85,6 +92,7 @@ def write_bundle(run_dir: str | Path, dest: str | Path) -> dict:
         "tasks": list(config["model"]["enabled_heads"]),
         "primary_key": report.get("primary_key"),
         "best_step": best["step"],
+        "precision": served_precision(report),
         "metrics": {"valid": report.get("valid", {}), "test": report.get("test", {})},
         "features": [f["name"] for f in json.loads((dataset / FEATURES_FILE).read_text())["features"]],
         "training_data": {"dataset": str(dataset), "source": schema.source, "split_rows": schema.split_rows,

@@ -22,7 +22,7 @@ from recsmith.errors import DataError
 from recsmith.features.pipeline import FeaturePipeline
 from recsmith.models.ranking import RankingModel
 from recsmith.run_dir import RunDir
-from recsmith.serve.bundle import BUNDLE_FILE, MODEL_FILE, check_bundlable
+from recsmith.serve.bundle import BUNDLE_FILE, MODEL_FILE, check_bundlable, served_precision
 from recsmith.train.checkpoint import load_checkpoint
 
 MAX_REPORTED_BAD_ROWS = 5
@@ -51,7 +51,8 @@ class Scorer:
             run = RunDir(path)
             _, report, data_dir = check_bundlable(run)
             meta = {"run_dir": str(path.resolve()), "name": report.get("name"),
-                    "primary_key": report.get("primary_key"), "metrics": {"test": report.get("test", {})}}
+                    "primary_key": report.get("primary_key"), "precision": served_precision(report),
+                    "metrics": {"test": report.get("test", {})}}
             config_path, weights = run.config, run.ckpt_best
         cfg = load_experiment(config_path)
         schema = DatasetSchema.load(data_dir)

@@ -1,4 +1,7 @@
-"""Evaluation: predict a split in large batches, then compute pure metric functions."""
+"""Evaluation: predict a split in large batches, then compute pure metric functions.
+
+Always in fp32 from the fp32 weights, whatever precision trained the model: the numeric
+path the Scorer, batch inference, the service and the exports share (recsmith.train.precision)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from recsmith.train.diagnostics import GateStats
 
 
 @torch.no_grad()
-def predict(model, data: SplitData, batch_size: int, device: torch.device, precision):
+def predict(model, data: SplitData, batch_size: int, device: torch.device):
     """Task logits for the whole split (`{task: [N]}` on CPU) and its gate statistics."""
     was_training = model.training
     model.eval()
@@ -22,22 +25,21 @@ def predict(model, data: SplitData, batch_size: int, device: torch.device, preci
     try:
         for batch in eval_batches(data, batch_size):
             batch = batch.to(device)
-            with precision.autocast():
-                logits, gate_weights = model(batch.sparse, batch.dense, with_gates=True)
+            logits, gate_weights = model(batch.sparse, batch.dense, with_gates=True)
             for task, values in logits.items():
-                chunks[task].append(values.float().cpu())
+                chunks[task].append(values.cpu())
             gates.update(gate_weights)
     finally:
         model.train(was_training)
     return {t: torch.cat(v) for t, v in chunks.items()}, gates
 
 
-def evaluate(model, loss_fn, data: SplitData, batch_size: int, device: torch.device, precision,
+def evaluate(model, loss_fn, data: SplitData, batch_size: int, device: torch.device,
              primary_key: str, keep_predictions: Callable | None = None) -> tuple[dict[str, float], GateStats]:
     """All metrics of one split: funnel metrics, the objective's loss, auc_primary, oracles.
     `keep_predictions(probs, labels, columns, tasks)` receives what the metrics were
     computed from (to save them)."""
-    logits, gates = predict(model, data, batch_size, device, precision)
+    logits, gates = predict(model, data, batch_size, device)
     loss, _ = loss_fn(logits, data.labels)
     probs = {t: torch.sigmoid(v).double().numpy() for t, v in logits.items()}
     labels = {k: v.numpy() for k, v in data.labels.items()}

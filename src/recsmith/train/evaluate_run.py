@@ -15,7 +15,6 @@ from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import load_checkpoint
 from recsmith.train.evaluate import evaluate
 from recsmith.train.losses import build_loss
-from recsmith.train.precision import resolve_precision
 from recsmith.train.run import resolve_device
 
 
@@ -41,5 +40,5 @@ def evaluate_run(run_dir: str | Path, split: str = "test", which: str = "best") 
     device = resolve_device(cfg.runtime.device)
     data = load_split(dataset_dir, schema, split)
     metrics, _ = evaluate(model.to(device), build_loss(cfg, schema.task_specs), data, cfg.data.eval_batch_size, device,
-                          resolve_precision(cfg.runtime.amp, device), cfg.runtime.best_selection.primary_key)
+                          cfg.runtime.best_selection.primary_key)
     return {"step": state["step"], **metrics}

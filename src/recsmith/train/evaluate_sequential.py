@@ -115,8 +115,8 @@ class TorchScorer:
     has_loss = True
 
     def __init__(self, model, dataset: SequenceDataset, events: np.ndarray, max_length: int, objective: str,
-                 device: torch.device, precision, batch_rows: int = 8192):
-        self.model, self.device, self.precision, self.objective = model, device, precision, objective
+                 device: torch.device, batch_rows: int = 8192):
+        self.model, self.device, self.objective = model, device, objective
         self.history = EventHistories(dataset.log, events, max_length)
         self.num_items, self.batch_rows = dataset.log.num_items, batch_rows
 
@@ -135,19 +135,17 @@ class TorchScorer:
                 r, c = rows[start:start + per_chunk], cand[start:start + per_chunk]
                 n, k = c.shape
                 h = self.history
-                with self.precision.autocast():
-                    s = self.model.score_candidates(
-                        h.items[r].repeat_interleave(k, 0).to(self.device), h.lengths[r].repeat_interleave(k, 0).to(self.device),
-                        h.ages[r].repeat_interleave(k, 0).to(self.device), c.reshape(-1).to(self.device))
-                parts.append(s.float().view(n, k).cpu())
+                s = self.model.score_candidates(
+                    h.items[r].repeat_interleave(k, 0).to(self.device), h.lengths[r].repeat_interleave(k, 0).to(self.device),
+                    h.ages[r].repeat_interleave(k, 0).to(self.device), c.reshape(-1).to(self.device))
+                parts.append(s.view(n, k).cpu())
             return torch.cat(parts)
         finally:
             self.model.train(was_training)
 
     def _vectors(self, rows: torch.Tensor) -> torch.Tensor:
         h = self.history
-        with self.precision.autocast():
-            return self.model.user_vectors(h.items[rows].to(self.device), h.lengths[rows].to(self.device)).float()
+        return self.model.user_vectors(h.items[rows].to(self.device), h.lengths[rows].to(self.device))
 
     def _chunks(self, rows: torch.Tensor, fn) -> torch.Tensor:
         return torch.cat([fn(rows[s:s + 1024]).cpu() for s in range(0, len(rows), 1024)])

@@ -1,4 +1,15 @@
-"""Mixed precision: bf16 autocast on CPU, fp16 autocast with a grad scaler on CUDA."""
+"""Training precision, and the one numeric path every score takes.
+
+Training may run under autocast (bf16 on CPU, fp16 with a grad scaler); the weights stay
+fp32 either way. Every number recsmith reports or serves (validation decisions, eval.json,
+summaries, comparisons, saved predictions, the Scorer, batch inference, the service, the
+ONNX / TorchScript exports, the monitor) is computed from those fp32 weights in fp32
+(`SCORING`), so offline and served scores agree whatever precision trained the model.
+
+`runtime.amp: auto` picks a reduced precision only on a hardware class where
+`bench/throughput.py --precisions fp32,bf16` measured it faster than fp32 for every chain
+structure (`MEASURED_FASTER`; the table is in docs/performance.md, "fp32 vs bf16").
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+SCORING = "fp32"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# hardware class -> the reduced precision measured faster than fp32 there (docs/performance.md):
+#   cpu-native-bf16 (AVX512-BF16, 2-core AMD EPYC): bf16 1.04-1.23x fp32 on E0a..E5 (real path)
+#   cpu-no-bf16 (AVX2 only): bf16 is emulated, 11-13x slower than fp32 -> not listed
+#   cuda: not measured yet -> not listed (runtime.amp: true or fp16 forces fp16 + grad scaler)
+MEASURED_FASTER = {"cpu-native-bf16": "bf16"}
 
 
 def cpu_has_native_bf16() -> bool:
@@ -18,13 +38,28 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def hardware_class(device: torch.device) -> str:
+    """The class `auto`'s measurements are keyed by."""
+    if device.type == "cuda":
+        return "cuda"
+    return "cpu-native-bf16" if cpu_has_native_bf16() else "cpu-no-bf16"
+
+
 @dataclass(frozen=True)
 class Precision:
-    enabled: bool
-    dtype: torch.dtype | None
+    """How training runs: `name` fp32, bf16 or fp16 (autocast), on `device_type`."""
+
+    name: str
     device_type: str
-    use_grad_scaler: bool
     reason: str
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "fp32"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES.get(self.name, torch.float32)
 
     def autocast(self):
         if not self.enabled:
@@ -32,23 +67,30 @@ class Precision:
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
-        return torch.amp.GradScaler("cuda") if self.use_grad_scaler else None
+        """fp16's narrow exponent needs loss scaling; bf16 has fp32's range and does not."""
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
 
     def describe(self) -> str:
-        if not self.enabled:
-            return f"fp32 ({self.reason})"
-        return f"{str(self.dtype).removeprefix('torch.')} autocast ({self.reason})"
+        kind = "fp32" if not self.enabled else f"{self.name} autocast"
+        return f"{kind} ({self.reason}); scored in {SCORING}"
+
+    def record(self) -> dict:
+        """What eval.json, summaries and bundles say about it."""
+        return {"train": self.name, "score": SCORING, "device": self.device_type, "reason": self.reason}
 
 
 def resolve_precision(amp, device: torch.device) -> Precision:
-    """`runtime.amp`: true forces mixed precision; "auto" uses it where the hardware runs it
-    natively (CUDA; CPUs with bf16 units), since emulated bf16 is several times slower."""
+    """`runtime.amp`: false → fp32; "bf16" / "fp16" force that autocast; true → the device's
+    reduced precision (fp16 on CUDA, bf16 on CPU); "auto" → a reduced precision only where
+    it was measured faster on this hardware class (MEASURED_FASTER), else fp32."""
     if amp is False:
-        return Precision(False, None, device.type, False, "runtime.amp is false")
-    if device.type == "cuda":
-        return Precision(True, torch.float16, "cuda", True, f"runtime.amp is {amp}")
+        return Precision("fp32", device.type, "runtime.amp is false")
+    if amp in DTYPES:
+        return Precision(amp, device.type, f"runtime.amp is {amp}")
     if amp is True:
-        return Precision(True, torch.bfloat16, "cpu", False, "runtime.amp is true")
-    if cpu_has_native_bf16():
-        return Precision(True, torch.bfloat16, "cpu", False, "auto: CPU has native bf16")
-    return Precision(False, None, "cpu", False, "auto: this CPU has no native bf16, fp32 is faster")
+        return Precision("fp16" if device.type == "cuda" else "bf16", device.type, "runtime.amp is true")
+    hardware = hardware_class(device)
+    chosen = MEASURED_FASTER.get(hardware)
+    if chosen:
+        return Precision(chosen, device.type, f"auto: {chosen} measured faster than fp32 on {hardware}")
+    return Precision("fp32", device.type, f"auto: no reduced precision measured faster on {hardware}")

@@ -32,7 +32,7 @@ from recsmith.train.checkpoint import load_checkpoint
 from recsmith.train.evaluate import evaluate
 from recsmith.train.fitted import fit_run
 from recsmith.train.losses import build_loss
-from recsmith.train.precision import resolve_precision
+from recsmith.train.precision import Precision, resolve_precision
 from recsmith.train.predictions import save_predictions
 from recsmith.train.sequential import SequentialSetup
 from recsmith.train.trainer import Trainer
@@ -136,17 +136,19 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
     device = resolve_device(cfg.runtime.device)
-    precision = resolve_precision(cfg.runtime.amp, device)
+    fitted = cfg.model.family == "sequential" and cfg.model.sequential.architecture in FITTED_ARCHITECTURES
+    precision = (Precision("fp32", device.type, "a fitted model: no autocast") if fitted
+                 else resolve_precision(cfg.runtime.amp, device))
     write_json_atomic(run.env, environment(device, precision.describe()))
 
-    if cfg.model.family == "sequential" and cfg.model.sequential.architecture in FITTED_ARCHITECTURES:
+    if fitted:
         started = time.perf_counter()
         result = {"name": cfg.name, "primary_key": cfg.runtime.best_selection.primary_key,
-                  **fit_run(cfg, run, dataset_dir), "dataset": str(dataset_dir)}
+                  **fit_run(cfg, run, dataset_dir), "dataset": str(dataset_dir), "precision": precision.record()}
         result["train_seconds"] = result["train_seconds_this_session"] = round(time.perf_counter() - started, 2)
         write_json_atomic(run.eval, result)
         return result
-    setup = (SequentialSetup if cfg.model.family == "sequential" else RankingSetup)(cfg, dataset_dir, device, precision)
+    setup = (SequentialSetup if cfg.model.family == "sequential" else RankingSetup)(cfg, dataset_dir, device)
     model = setup.model
     trainer = Trainer(cfg, run, model, setup.loss_fn, setup.stream, setup.evaluate_valid, device, precision)
     if checkpoint is not None:
@@ -171,7 +173,8 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     result = {"name": cfg.name, "primary_key": cfg.runtime.best_selection.primary_key,
               "max_train_steps": cfg.runtime.max_train_steps, **setup.final_evaluation(run, dataset_dir)}
     result["valid"] = valid_at_best(run, result["best_step"])
-    result.update(dataset=str(dataset_dir), parameters=sum(p.numel() for p in model.parameters()),
+    result.update(dataset=str(dataset_dir), precision={**precision.record(), "train": " then ".join(trainer.precisions)},
+                  budget=cfg.runtime.budget(), parameters=sum(p.numel() for p in model.parameters()),
                   stop_reason=trainer.stop_reason, train_seconds=round(trainer.seconds, 2),
                   valid_seconds=round(trainer.eval_seconds, 2),
                   steps=trainer.step, epochs=round(trainer.step * cfg.data.batch_size / len(setup.stream.data), 3))
@@ -188,8 +191,8 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
 class RankingSetup:
     """Model, loss, train stream and evaluations of one ranking (multi-task) run."""
 
-    def __init__(self, cfg, dataset_dir: Path, device: torch.device, precision):
-        self.cfg, self.device, self.precision = cfg, device, precision
+    def __init__(self, cfg, dataset_dir: Path, device: torch.device):
+        self.cfg, self.device = cfg, device
         self.schema = DatasetSchema.load(dataset_dir)
         self.train, self.valid = load_training_data(cfg, dataset_dir, self.schema)
         self.model = build_model(self.schema, cfg).to(device)
@@ -201,7 +204,7 @@ class RankingSetup:
         return f"{len(self.train)} train rows, {len(self.valid)} valid rows"
 
     def evaluate_valid(self, model):
-        return evaluate(model, self.loss_fn, self.valid, self.cfg.data.eval_batch_size, self.device, self.precision,
+        return evaluate(model, self.loss_fn, self.valid, self.cfg.data.eval_batch_size, self.device,
                         self.cfg.runtime.best_selection.primary_key)
 
     def final_evaluation(self, run: RunDir, dataset_dir: Path) -> dict:
@@ -211,7 +214,7 @@ class RankingSetup:
         test = load_split(dataset_dir, self.schema, "test")
         keep = functools.partial(save_predictions, run.predictions, dataset=str(dataset_dir))
         test_metrics, gates = evaluate(self.model, self.loss_fn, test, self.cfg.data.eval_batch_size, self.device,
-                                       self.precision, self.cfg.runtime.best_selection.primary_key, keep)
+                                       self.cfg.runtime.best_selection.primary_key, keep)
         return {"best_step": best["step"], "test": test_metrics, "test_rows": len(test),
                 "expert_health_test": gates.report(self.model.gate_experts)}
 

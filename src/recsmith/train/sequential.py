@@ -36,17 +36,17 @@ def protocol_label(cfg) -> dict:
             "max_length": cfg.model.sequential.max_length}
 
 
-def split_scorer(model, dataset: SequenceDataset, split: EvalSplit, cfg, device, precision) -> TorchScorer:
+def split_scorer(model, dataset: SequenceDataset, split: EvalSplit, cfg, device) -> TorchScorer:
     events = np.concatenate([split.events, split.rows["event"]])
     seq = cfg.model.sequential
-    return TorchScorer(model, dataset, events, seq.max_length, seq.objective, device, precision)
+    return TorchScorer(model, dataset, events, seq.max_length, seq.objective, device)
 
 
 class SequentialSetup:
     """Model, loss, train stream and evaluations of one sequential run."""
 
-    def __init__(self, cfg, dataset_dir, device: torch.device, precision):
-        self.cfg, self.device, self.precision = cfg, device, precision
+    def __init__(self, cfg, dataset_dir, device: torch.device):
+        self.cfg, self.device = cfg, device
         self.dataset = SequenceDataset.load(dataset_dir)
         seq = cfg.model.sequential
         self.model = build_sequential_model(self.dataset.log.num_items, cfg).to(device)
@@ -56,7 +56,7 @@ class SequentialSetup:
             self.train, self.loss_fn, label = CandidateData(self.dataset, "train", seq.max_length), MultiTaskLoss([LIKE]), "like"
         self.stream = TrainStream(self.train, cfg.data.batch_size, seed=cfg.runtime.seed, label=label)
         self.valid = EvalSplit.build(self.dataset, "valid", cfg.topk.sampled_negatives, cfg.data.seed)
-        self.valid_scorer = split_scorer(self.model, self.dataset, self.valid, cfg, device, precision)
+        self.valid_scorer = split_scorer(self.model, self.dataset, self.valid, cfg, device)
         self.key = cfg.runtime.best_selection.primary_key
 
     def describe(self) -> str:
@@ -74,7 +74,7 @@ class SequentialSetup:
         best = load_checkpoint(run.ckpt_best)
         self.model.load_state_dict(best["model"])
         test = EvalSplit.build(self.dataset, "test", self.cfg.topk.sampled_negatives, self.cfg.data.seed)
-        scorer = split_scorer(self.model, self.dataset, test, self.cfg, self.device, self.precision)
+        scorer = split_scorer(self.model, self.dataset, test, self.cfg, self.device)
         keep = functools.partial(keep_candidate_scores, run, scorer.objective, test, dataset_dir)
         metrics = evaluate_sequential(scorer, test, self.cfg.topk, keep_scores=keep)
         metrics["auc_primary"] = metrics[self.key]

@@ -58,6 +58,7 @@ class Trainer:
         self.seconds = 0.0  # training + validation time, against runtime.max_train_seconds
         self.eval_seconds = 0.0  # the validation part of it
         self.stop_reason = "max_train_steps"
+        self.precisions = [precision.name]  # every precision that trained this run, in order (resumes)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, on_step: Optional[Callable[[int, dict], None]] = None) -> None:
@@ -69,7 +70,7 @@ class Trainer:
         while self.step < rt.max_train_steps:
             loss, terms = self.train_step(next(batches))
             running, count = running + loss.detach(), count + 1
-            last = self.step == rt.max_train_steps or self._out_of_budget()
+            last = self.step == rt.max_train_steps or self._out_of_epochs() or self._out_of_budget()
             if self.step % rt.log_every_steps == 0 or last:
                 record = self._log_train(running / count, terms, count, time.perf_counter() - tick)
                 running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
@@ -81,6 +82,14 @@ class Trainer:
                 last = last or self._patience_exhausted()
             if last:
                 break
+
+    def _out_of_epochs(self) -> bool:
+        """runtime.max_train_epochs passes over the training data done (a machine-independent budget)."""
+        epochs = self.cfg.runtime.max_train_epochs
+        if epochs and self.step * self.cfg.data.batch_size >= epochs * len(self.stream.data):
+            self.stop_reason = "max_train_epochs"
+            return True
+        return False
 
     def _out_of_budget(self) -> bool:
         """runtime.max_train_seconds spent (training and validation, earlier sessions included)."""
@@ -156,6 +165,7 @@ class Trainer:
             "best": {"value": self.best.value, "step": self.best.step},
             "train_seconds": self.seconds,
             "eval_seconds": self.eval_seconds,
+            "precisions": self.precisions,
             "config": self.cfg.model_dump(mode="json"),
         }
 
@@ -172,3 +182,8 @@ class Trainer:
         self.step = int(state["step"])
         self.seconds = float(state.get("train_seconds", 0.0))
         self.eval_seconds = float(state.get("eval_seconds", 0.0))
+        earlier = list(state.get("precisions", []))
+        if earlier and earlier[-1] != self.precision.name:
+            log.warning("this run trained in %s before and continues in %s (%s)", earlier[-1], self.precision.name,
+                        self.precision.reason)
+        self.precisions = earlier + [self.precision.name] if earlier[-1:] != [self.precision.name] else earlier
