@@ -15,6 +15,12 @@ embedding dim 8, batch 1024) it measures, interleaved round by round after a war
             torch-rechub's and DeepCTR-Torch's own documented data paths on the same rows,
             read from the same Parquet file (see bench/peers.py).
 
+`--precisions fp32,bf16` times recsmith and its ceiling once per training precision
+(`runtime.amp`), interleaved in the same rounds, and prints them side by side with the
+bf16 / fp32 ratio of the real path: the measurement `runtime.amp: auto` rests on
+(recsmith.train.precision.MEASURED_FASTER). The JSON records the CPU's model, its
+SIMD / bf16 flags and its hardware class, since the answer differs between them.
+
 It waits for an idle machine first and records, for every measurement, the CPU share
 other processes took meanwhile (two PyTorch jobs on 2 cores slow each other 20-50×, so a
 contended figure is worthless). Peak RSS of the real path is measured in a child process
@@ -85,6 +91,24 @@ def wait_for_idle(threshold: float = 0.05, patience: float = 300.0) -> float:
 
 
 # --------------------------------------------------------------------- recsmith
+AMP_SETTING = {"fp32": False, "bf16": "bf16", "fp16": "fp16"}  # --precisions → runtime.amp
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+
+
+def cpu_description() -> dict:
+    """The CPU's model, the flags that decide how fast each precision runs, its class."""
+    from recsmith.env_info import _cpu_model
+    from recsmith.train.precision import hardware_class
+
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    return {"model": _cpu_model(), "flags": {f: f in flags for f in CPU_FLAGS},
+            "hardware_class": hardware_class(torch.device("cpu"))}
+
+
 def experiment_config(exp_id: str, rows: int, overrides: dict | None = None):
     from recsmith.config.loader import load_experiment
 
@@ -150,6 +174,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--structures", default=",".join(STRUCTURES))
+    parser.add_argument("--precisions", default="", help="e.g. fp32,bf16: time each training precision "
+                        "(runtime.amp) side by side; default: the config's own runtime.amp")
     parser.add_argument("--peers", action="store_true", help="also time torch-rechub and DeepCTR-Torch")
     parser.add_argument("--set", action="append", default=[], help="config override for recsmith")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "throughput.json")
@@ -160,6 +186,11 @@ def main() -> None:
 
     overrides = parse_overrides(args.set)
     structures = [s for s in args.structures.split(",") if s]
+    precisions = [p for p in args.precisions.split(",") if p]
+    unknown = [p for p in precisions if p not in AMP_SETTING]
+    if unknown:
+        parser.error(f"--precisions: unknown {unknown} (choose from {', '.join(AMP_SETTING)})")
+    variants = {p: {**overrides, "runtime.amp": AMP_SETTING[p]} for p in precisions} or {"": overrides}
     dataset_dir = resolve_dataset(experiment_config(structures[0], args.rows, overrides).data)
     peers = None
     if args.peers:
@@ -169,12 +200,15 @@ def main() -> None:
         peers = peer_module
     runners = {}
     for exp_id in structures:
-        cfg = experiment_config(exp_id, args.rows, overrides)
-        trainer, stream = build_trainer(cfg, dataset_dir)
-        real = iter(stream)
-        resident = [next(real) for _ in range(64)]  # the ceiling cycles through these
-        runners[exp_id] = {"recsmith": (trainer.train_step, real),
-                           "ceiling": (trainer.train_step, _cycle(resident))}
+        runners[exp_id] = {}
+        for label, settings in variants.items():
+            cfg = experiment_config(exp_id, args.rows, settings)
+            trainer, stream = build_trainer(cfg, dataset_dir)
+            real = iter(stream)
+            resident = [next(real) for _ in range(64)]  # the ceiling cycles through these
+            suffix = f"_{label}" if label else ""
+            runners[exp_id][f"recsmith{suffix}"] = (trainer.train_step, real)
+            runners[exp_id][f"ceiling{suffix}"] = (trainer.train_step, _cycle(resident))
         if peers:
             for name, (step, batches) in peers.build(exp_id, dataset_dir, cfg).items():
                 runners[exp_id][name] = (step, batches)
@@ -189,7 +223,7 @@ def main() -> None:
             for name, (step, batches) in methods.items():
                 rate, other = time_steps(step, batches, args.steps)
                 results[exp_id][name].append({"samples_per_s": rate, "other_cpu_share": other})
-                print(f"round {round_index + 1} {exp_id:4s} {name:10s} {rate:>10,.0f} samples/s "
+                print(f"round {round_index + 1} {exp_id:4s} {name:14s} {rate:>10,.0f} samples/s "
                       f"(others {other:.0%})", flush=True)
 
     table = []
@@ -199,25 +233,54 @@ def main() -> None:
         for name, runs in methods.items():
             row[name] = statistics.median(r["samples_per_s"] for r in runs)
             row[f"{name}_max_other_cpu_share"] = max(r["other_cpu_share"] for r in runs)
-        for name in methods:  # ratios paired by round: the machine's speed drifts between rounds
-            if name != "recsmith":
-                ratios = [mine["samples_per_s"] / theirs["samples_per_s"]
-                          for mine, theirs in zip(methods["recsmith"], methods[name])]
-                row[f"ratio_to_{name}"] = statistics.median(ratios)
-                row[f"ratio_to_{name}_range"] = [min(ratios), max(ratios)]
+        # ratios paired by round: the machine's speed drifts between rounds
+        for label in variants:
+            suffix = f"_{label}" if label else ""
+            _paired_ratio(row, methods, f"recsmith{suffix}", f"ceiling{suffix}", f"ratio_to_ceiling{suffix}")
+        mine = "recsmith" + (f"_{precisions[0]}" if precisions else "")
+        for name in methods:
+            if not name.startswith(("recsmith", "ceiling")):  # a peer, against the first precision
+                _paired_ratio(row, methods, mine, name, f"ratio_to_{name}")
+        if len(precisions) >= 2:
+            first = precisions[0]
+            for label in precisions[1:]:
+                _paired_ratio(row, methods, f"recsmith_{label}", f"recsmith_{first}", f"{label}_over_{first}")
         table.append(row)
     report = {"rows": args.rows, "batch_size": 1024, "steps_per_measurement": args.steps,
-              "rounds": args.rounds, "overrides": overrides, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.platform(),
-              "idle_share_before": idle_share, "results": table, "raw": results}
+              "rounds": args.rounds, "overrides": overrides, "precisions": precisions or None,
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "cpu": cpu_description(), "machine": platform.platform(), "idle_share_before": idle_share,
+              "results": table, "raw": results}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print_table(table)
-    print(f"wrote {args.out}")
+    if len(precisions) >= 2:
+        print_precision_table(table, precisions)
+    else:
+        print_table(table)
+    print(f"CPU: {report['cpu']['model']} ({report['cpu']['hardware_class']}); wrote {args.out}")
+
+
+def _paired_ratio(row: dict, methods: dict, mine: str, theirs: str, key: str) -> None:
+    """Median and range of the per-round ratios mine / theirs."""
+    ratios = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(methods[mine], methods[theirs])]
+    row[key], row[f"{key}_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
 
 
 def _cycle(items):
     while True:
         yield from items
+
+
+def print_precision_table(table: list[dict], precisions: list[str]) -> None:
+    header = f"{'structure':<10}" + "".join(f"{p + ' real/s':>14}{p + ' ceiling/s':>16}{'vs ceiling':>12}"
+                                            for p in precisions)
+    header += "".join(f"{p + ' / ' + precisions[0]:>15}" for p in precisions[1:])
+    print(header)
+    for row in table:
+        line = f"{row['structure']:<10}" + "".join(
+            f"{row['recsmith_' + p]:>14,.0f}{row['ceiling_' + p]:>16,.0f}{row['ratio_to_ceiling_' + p]:>12.1%}"
+            for p in precisions)
+        line += "".join(f"{row[p + '_over_' + precisions[0]]:>14.2f}×" for p in precisions[1:])
+        print(line)
 
 
 def print_table(table: list[dict]) -> None:
