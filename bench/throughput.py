@@ -24,10 +24,11 @@ SIMD / bf16 flags and its hardware class, since the answer differs between them.
 It waits for an idle machine first and records, for every measurement, the CPU share
 other processes took meanwhile (two PyTorch jobs on 2 cores slow each other 20-50×, so a
 contended figure is worthless). Peak RSS of the real path is measured in a child process
-per structure. Samples/s are medians over rounds; every ratio is the median of the
-per-round ratios (each round times all methods back to back, and this machine's speed
-drifts by 10-20% between rounds), with its range in the JSON. The table is printed and
-written to bench/throughput.json.
+per structure. Within a round a structure's methods take turns in blocks of `--block`
+steps until each has run `--steps`, so the machine's drift (10-20% between rounds here)
+falls on all of them alike. Samples/s are medians over rounds; every ratio is the median
+of the per-round ratios, with its range in the JSON. The table is printed and written to
+bench/throughput.json (or --out).
 """
 
 from __future__ import annotations
@@ -137,12 +138,19 @@ def build_trainer(cfg, dataset_dir: Path):
     return trainer, stream
 
 
-def time_steps(step, batches, steps: int) -> tuple[float, float]:
-    """(samples/s, other processes' CPU share) over `steps` calls of step(batch)."""
-    with CpuWatch() as watch:
-        for _ in range(steps):
-            step(next(batches))
-    return steps * 1024 / watch.seconds, watch.other_share
+def time_interleaved(methods: dict, steps: int, block: int) -> dict[str, tuple[float, float]]:
+    """{name: (samples/s, largest CPU share other processes took)} over `steps` calls of each
+    method's step(batch), run in alternating blocks of `block` steps, so that the machine's
+    drift (10-20% between rounds here) falls on every method alike."""
+    seconds, other = dict.fromkeys(methods, 0.0), dict.fromkeys(methods, 0.0)
+    for done in range(0, steps, block):
+        for name, (step, batches) in methods.items():
+            with CpuWatch() as watch:
+                for _ in range(min(block, steps - done)):
+                    step(next(batches))
+            seconds[name] += watch.seconds
+            other[name] = max(other[name], watch.other_share)
+    return {name: (steps * 1024 / seconds[name], other[name]) for name in methods}
 
 
 def peak_rss_mb() -> float:
@@ -173,6 +181,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--block", type=int, default=20, help="steps per method before the next one takes over")
     parser.add_argument("--structures", default=",".join(STRUCTURES))
     parser.add_argument("--precisions", default="", help="e.g. fp32,bf16: time each training precision "
                         "(runtime.amp) side by side; default: the config's own runtime.amp")
@@ -220,8 +229,7 @@ def main() -> None:
     results = {exp_id: {name: [] for name in methods} for exp_id, methods in runners.items()}
     for round_index in range(args.rounds):
         for exp_id, methods in runners.items():
-            for name, (step, batches) in methods.items():
-                rate, other = time_steps(step, batches, args.steps)
+            for name, (rate, other) in time_interleaved(methods, args.steps, args.block).items():
                 results[exp_id][name].append({"samples_per_s": rate, "other_cpu_share": other})
                 print(f"round {round_index + 1} {exp_id:4s} {name:14s} {rate:>10,.0f} samples/s "
                       f"(others {other:.0%})", flush=True)
@@ -246,7 +254,7 @@ def main() -> None:
             for label in precisions[1:]:
                 _paired_ratio(row, methods, f"recsmith_{label}", f"recsmith_{first}", f"{label}_over_{first}")
         table.append(row)
-    report = {"rows": args.rows, "batch_size": 1024, "steps_per_measurement": args.steps,
+    report = {"rows": args.rows, "batch_size": 1024, "steps_per_measurement": args.steps, "block_steps": args.block,
               "rounds": args.rounds, "overrides": overrides, "precisions": precisions or None,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "cpu": cpu_description(), "machine": platform.platform(), "idle_share_before": idle_share,

@@ -112,6 +112,9 @@ class Trainer:
         batch = batch.to(self.device)
         with self.precision.autocast():
             logits = self.model(*batch.inputs)
+        # the loss in fp32: under autocast the logits come out in bf16/fp16, whose 8-bit (or
+        # 11-bit) mantissa would round ESMM's log-space terms (logsigmoid sums, log1mexp)
+        logits = {task: value.float() for task, value in logits.items()}
         loss, terms = self.loss_fn(logits, batch.labels)
         self.optimizer.zero_grad()
         (self.scaler.scale(loss) if self.scaler else loss).backward()
