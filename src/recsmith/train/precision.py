@@ -23,7 +23,9 @@ SCORING = "fp32"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # hardware class -> the reduced precision measured faster than fp32 there (docs/performance.md):
-#   cpu-native-bf16 (AVX512-BF16, 2-core AMD EPYC): bf16 1.04-1.23x fp32 on E0a..E5 (real path)
+#   cpu-native-bf16 (AVX512-BF16; a 2-core AMD EPYC): bf16 trains E0a..E5 1.23-1.26x faster
+#     than fp32 on the real path (bench/throughput_precision.json), the sequential models
+#     1.11-1.71x (bench/precision_sequential.json)
 #   cpu-no-bf16 (AVX2 only): bf16 is emulated, 11-13x slower than fp32 -> not listed
 #   cuda: not measured yet -> not listed (runtime.amp: true or fp16 forces fp16 + grad scaler)
 MEASURED_FASTER = {"cpu-native-bf16": "bf16"}
