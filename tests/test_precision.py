@@ -46,6 +46,13 @@ def test_auto_picks_bf16_only_on_the_cpu_class_where_it_was_measured_faster(monk
     assert chosen.record()["score"] == "fp32"
 
 
+def test_a_cpu_whose_onednn_is_capped_below_bf16_counts_as_one_without_it(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (with ATEN_CPU_CAPABILITY=avx2) turns a bf16 CPU into an AVX2
+    one for PyTorch: bf16 emulated, so `auto` must train in fp32 there."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not precision.cpu_has_native_bf16() and resolve_precision("auto", CPU).name == "fp32"
+
+
 def test_auto_keeps_fp32_on_cuda_until_measured_and_the_settings_force_each_path():
     assert resolve_precision("auto", CUDA).name == "fp32"
     on_cuda = resolve_precision(True, CUDA)

@@ -6,14 +6,16 @@ summaries, comparisons, saved predictions, the Scorer, batch inference, the serv
 ONNX / TorchScript exports, the monitor) is computed from those fp32 weights in fp32
 (`SCORING`), so offline and served scores agree whatever precision trained the model.
 
-`runtime.amp: auto` picks a reduced precision only on a hardware class where
-`bench/throughput.py --precisions fp32,bf16` measured it faster than fp32 for every chain
-structure (`MEASURED_FASTER`; the table is in docs/performance.md, "fp32 vs bf16").
+`runtime.amp: auto` picks a reduced precision only on a hardware class where it was
+measured faster than fp32 for every model (`bench/throughput.py --precisions fp32,bf16` for
+the chain's structures, `bench/precision_sequential.py` for the sequential models):
+`MEASURED_FASTER`, with the tables in docs/performance.md, "Training precision".
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +33,15 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MEASURED_FASTER = {"cpu-native-bf16": "bf16"}
 
 
+# oneDNN runs the bf16 matmuls; ONEDNN_MAX_CPU_ISA set to one of these keeps it off the
+# CPU's bf16 instructions, so bf16 is emulated there as on a CPU without them
+ONEDNN_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX)."""
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX) and oneDNN may use it."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISA_WITHOUT_BF16:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

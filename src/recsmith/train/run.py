@@ -173,8 +173,8 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     result = {"name": cfg.name, "primary_key": cfg.runtime.best_selection.primary_key,
               "max_train_steps": cfg.runtime.max_train_steps, **setup.final_evaluation(run, dataset_dir)}
     result["valid"] = valid_at_best(run, result["best_step"])
-    result.update(dataset=str(dataset_dir), precision={**precision.record(), "train": " then ".join(trainer.precisions)},
-                  budget=cfg.runtime.budget(), parameters=sum(p.numel() for p in model.parameters()),
+    result.update(dataset=str(dataset_dir), precision=trainer.precision_record(), budget=cfg.runtime.budget(),
+                  parameters=sum(p.numel() for p in model.parameters()),
                   stop_reason=trainer.stop_reason, train_seconds=round(trainer.seconds, 2),
                   valid_seconds=round(trainer.eval_seconds, 2),
                   steps=trainer.step, epochs=round(trainer.step * cfg.data.batch_size / len(setup.stream.data), 3))

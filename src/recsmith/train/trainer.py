@@ -155,6 +155,10 @@ class Trainer:
                  metrics[self.best.key], self.best.value if self.best.value is not None else float("nan"),
                  self.best.step or 0, metrics["loss"], time.perf_counter() - started)
 
+    def precision_record(self) -> dict:
+        """What trained this run (every session's precision, in order) and what scored it."""
+        return {**self.precision.record(), "train": " then ".join(self.precisions)}
+
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {
