@@ -42,3 +42,10 @@ class TrainingError(RecsmithError):
     """Training cannot go on (for example the loss became NaN)."""
 
     kind = "training error"
+
+
+class WriteError(RecsmithError, OSError):
+    """A file could not be written (a full disk, a read-only directory); the message names it
+    and what to do. An OSError too, so code that tolerates failed writes keeps doing so."""
+
+    kind = "write error"
