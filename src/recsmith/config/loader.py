@@ -9,6 +9,7 @@ an error can say which file (or `--set`) to fix.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, TypeVar
 
@@ -152,7 +153,7 @@ def validate_model(model: type[M], data: Any, provenance: Provenance | None = No
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(err, model, provenance or {}, where, prefix) for err in exc.errors()]
+        lines = [_describe(err, model, provenance or {}, where, prefix) for err in _merge_unions(exc.errors())]
         raise ConfigError("\n".join(dict.fromkeys(lines))) from None
 
 
@@ -183,12 +184,48 @@ def dump_yaml(data: Mapping) -> str:
     return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
 
 
+_UNION_MEMBER = re.compile(r"^(bool|int|float|str|none|list|dict)$|[\[\-]")  # pydantic's member tags
+
+
+def _merge_unions(errors: list[dict]) -> list[dict]:
+    """A value that fits no member of a Union (`amp: true | "auto" | ...`) fails once per
+    member, each under the member's tag (`runtime.amp.bool`, `runtime.amp.literal[...]`):
+    one error naming every alternative instead."""
+    groups: dict[tuple, list[dict]] = {}
+    for err in errors:
+        tag = str(err["loc"][-1]) if err["loc"] else ""
+        key = (tuple(err["loc"][:-1]), repr(err.get("input"))) if _UNION_MEMBER.search(tag) else (id(err),)
+        groups.setdefault(key, []).append(err)
+    merged = []
+    for members in groups.values():
+        if len(members) == 1:
+            merged.append(members[0])
+            continue
+        alternatives = [_what(m, BaseModel, []).rsplit(", got ", 1)[0] for m in members]
+        merged.append({"type": "union", "loc": members[0]["loc"][:-1], "input": members[0].get("input"),
+                       "ctx": {"alternatives": alternatives}, "msg": ""})
+    return merged
+
+
 def _describe(err: dict, root: type[BaseModel], provenance: Provenance, where: str = "",
               prefix: str = "") -> str:
     loc = [str(p) for p in err["loc"]]
     dotted = prefix + ".".join(loc)
+    what = _what(err, root, loc)
+    if not dotted or what.startswith(dotted + "."):  # a section's own check names its keys
+        return what + (f" (in {display_path(where)})" if where else "")
+    source = source_of(dotted, provenance) or where
+    if source and Path(source).is_file():
+        source = display_path(source)
+    return f"{dotted}: {what}" + (f" (in {source})" if source else "")
+
+
+def _what(err: dict, root: type[BaseModel], loc: list[str]) -> str:
+    """What is wrong with the value, in words (without the key)."""
     kind, value = err["type"], err.get("input")
     ctx = err.get("ctx") or {}
+    if kind == "union":
+        return f"{'; or '.join(ctx['alternatives'])}, got {value!r}"
     if kind == "extra_forbidden":
         choices = _fields_at(root, loc[:-1])
         what = f"unknown key{did_you_mean(loc[-1], choices)}"
@@ -216,12 +253,7 @@ def _describe(err: dict, root: type[BaseModel], provenance: Provenance, where: s
         what = f"must be one of {expected}, got {value!r}{did_you_mean(value, options)}"
     else:
         what = err["msg"].removeprefix("Value error, ")
-    if not dotted or what.startswith(dotted + "."):  # a section's own check names its keys
-        return what + (f" (in {display_path(where)})" if where else "")
-    source = source_of(dotted, provenance) or where
-    if source and Path(source).is_file():
-        source = display_path(source)
-    return f"{dotted}: {what}" + (f" (in {source})" if source else "")
+    return what
 
 
 def source_of(dotted: str, provenance: Provenance) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsmith.data.schema import SCHEMA_FILE, SPLITS, DatasetSchema
 from recsmith.errors import DataError
@@ -48,6 +48,13 @@ class SplitRule(BaseModel):
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     column: Optional[str] = None
     seed: int = 20260127
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self):
+        if self.kind == "random" and self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"valid_fraction + test_fraction is {self.valid_fraction + self.test_fraction:g}, "
+                             "which leaves no rows to train on (it must be < 1)")
+        return self
 
 
 @dataclass
@@ -75,10 +82,13 @@ class RejectLog:
 
     def __init__(self, path: Path | None):
         self.path, self.count = path, 0
+        self.first: str | None = None  # "file line N: reason" of the first reject, for error messages
         self._handle = open(path, "w", encoding="utf-8") if path else None
 
     def add(self, file: str, line: int, reason: str, raw: str = "") -> None:
         self.count += 1
+        if self.first is None:
+            self.first = f"{file} line {int(line)}: {reason}"
         if self._handle:
             self._handle.write(json.dumps({"file": file, "line": int(line), "reason": reason,
                                            "raw": raw[:300]}) + "\n")
@@ -168,8 +178,10 @@ def prepare_tabular(spec: TabularSpec, read: Reader, out: Path, max_bad_rows: fl
         raise DataError(f"user_field '{spec.user_field}' is not a categorical feature")
     rejects = RejectLog(rejects_path)
     parsed = 0  # rows the reader parsed; lines it rejected itself are in rejects.count
+    files: dict[str, None] = {}  # what was read, in order: named when it held no rows
     try:  # pass 1: rejects, splits, fitting
         for chunk in read(rejects):
+            files[str(chunk.file)] = None
             before = rejects.count
             table, _ = validate(chunk, rejects)
             parsed += chunk.table.num_rows - (rejects.count - before)
@@ -181,7 +193,7 @@ def prepare_tabular(spec: TabularSpec, read: Reader, out: Path, max_bad_rows: fl
     finally:
         rejects.close()
     total = parsed + rejects.count
-    _check_rejects(rejects, total, max_bad_rows)
+    _check_rejects(rejects, total, max_bad_rows, ", ".join(files) or spec.meta.get("input", spec.name))
     pipeline.finish()
 
     writers: dict[str, pq.ParquetWriter] = {}
@@ -226,13 +238,13 @@ def prepare_tabular(spec: TabularSpec, read: Reader, out: Path, max_bad_rows: fl
     return schema
 
 
-def _check_rejects(rejects: RejectLog, total: int, max_bad_rows: float) -> None:
+def _check_rejects(rejects: RejectLog, total: int, max_bad_rows: float, read: str) -> None:
     if total == 0:
-        raise DataError(f"no rows to prepare (rejected lines: {rejects.path})")
+        raise DataError(f"{read}: no rows to prepare (rejected lines: {rejects.path})")
     share = rejects.count / total
     if share > max_bad_rows:
         raise DataError(f"{rejects.count:,} of {total:,} rows are malformed ({share:.2%}, more than "
-                        f"--max-bad-rows {max_bad_rows:.2%}); see {rejects.path}")
+                        f"--max-bad-rows {max_bad_rows:.2%}); the first: {rejects.first}; see {rejects.path}")
 
 
 def prepare_cached(directory: Path, build: Callable[[Path, Path], None]) -> Path:

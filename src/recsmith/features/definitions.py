@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CATEGORICAL_KINDS = ("vocab", "identity", "bucketize")
 NUMERIC_KINDS = ("standardize", "minmax", "none")
@@ -82,16 +82,22 @@ class FeatureSpec(_Strict):
         return self
 
 
+def unique_features(features: list[FeatureSpec]) -> list[FeatureSpec]:
+    """`features`, or a ValueError naming the names defined twice (a validator's check)."""
+    names = [f.name for f in features]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"features defined twice: {twice}")
+    return features
+
+
 class FeatureSet(_Strict):
     features: list[FeatureSpec] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique(self):
-        names = [f.name for f in self.features]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"features defined twice: {twice}")
-        return self
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, value: list[FeatureSpec]) -> list[FeatureSpec]:
+        return unique_features(value)
 
     @property
     def categorical(self) -> list[FeatureSpec]:

@@ -21,14 +21,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recsmith.config.loader import read_yaml, validate_model
 from recsmith.data.prepare import Chunk, RejectLog, SplitRule, TabularSpec, prepare_cached, prepare_tabular
 from recsmith.data.readers import read_delimited, read_parquet
 from recsmith.data.sources import SOURCES, Progress, cache_dir, extends_vocab, vocab_base
 from recsmith.errors import DataError
-from recsmith.features.definitions import FeatureSpec, FeatureSet
+from recsmith.features.definitions import FeatureSet, FeatureSpec, unique_features
 from recsmith.tasks import FUNNEL_TASKS, TaskSpec
 
 
@@ -57,6 +57,11 @@ class TableDatasetSpec(_Strict):
     tasks: Optional[list[TaskEntry]] = None
     user_field: Optional[str] = None
     split: SplitRule = Field(default_factory=SplitRule)
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, value: list[FeatureSpec]) -> list[FeatureSpec]:
+        return unique_features(value)
 
 
 def load_table_spec(path: Path) -> TableDatasetSpec:
@@ -89,7 +94,7 @@ def tasks_for(spec: TableDatasetSpec) -> list[TaskSpec]:
 def tabular_spec(spec: TableDatasetSpec) -> TabularSpec:
     return TabularSpec(name=spec.name, source="table", features=FeatureSet(features=spec.features),
                        labels=dict(spec.labels), tasks=tasks_for(spec), user_field=spec.user_field,
-                       split=spec.split)
+                       split=spec.split, meta={"input": spec.input.path})
 
 
 def reader(spec: TableDatasetSpec, files: list[Path]):
