@@ -1,6 +1,8 @@
 """UCI Census-Income (KDD) source: raw format, labels, leakage, splits, rejects, download."""
 
+import dataclasses
 import gzip
+import hashlib
 import http.server
 import json
 import shutil
@@ -238,7 +240,11 @@ def test_download_checks_sizes_and_reports_progress(raw, server, tmp_path):
     for remote in files:
         assert (out / remote.name).read_bytes() == (www / remote.name).read_bytes()
     assert calls[-1] == ((www / files[1].name).stat().st_size,) * 2
-    assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in files)  # no partial files left
+    # no partial files left; each download's SHA-256 recorded beside it (sha256sum format)
+    assert sorted(p.name for p in out.iterdir()) == sorted(n for f in files for n in (f.name, f"{f.name}.sha256"))
+    for remote in files:
+        digest = hashlib.sha256((www / remote.name).read_bytes()).hexdigest()
+        assert (out / f"{remote.name}.sha256").read_text() == f"{digest}  {remote.name}\n"
 
     wrong_rows = (census.RemoteFile("x.gz", files[0].url, 10),)
     with pytest.raises(DataError, match=r"holds 1,506 rows, expected 10"):
@@ -249,6 +255,51 @@ def test_download_checks_sizes_and_reports_progress(raw, server, tmp_path):
     with pytest.raises(DataError, match=r"HTTP 404"):
         census.download(tmp_path / "dl2", (census.RemoteFile("y.gz", f"{base}/missing.gz", 1),))
     assert list((tmp_path / "dl2").iterdir()) == []
+
+
+def test_a_pinned_checksum_refuses_a_file_with_the_right_rows_but_other_bytes(raw, server, tmp_path):
+    www, base = server
+    files = serve_fixture(raw, www, base)
+    test = files[1]
+    official = hashlib.sha256((www / test.name).read_bytes()).hexdigest()
+    census.download(tmp_path / "ok", (dataclasses.replace(test, sha256=official),))
+    assert (tmp_path / "ok" / test.name).read_bytes() == (www / test.name).read_bytes()
+    assert not (tmp_path / "ok" / f"{test.name}.sha256").exists()  # pinned: nothing to record
+
+    with gzip.open(www / test.name, "wb") as handle:  # same rows, one value changed: a different file
+        handle.write(gzip.decompress((raw / test.name).read_bytes()).replace(b"Private", b"Privat", 1))
+    with pytest.raises(DataError, match=rf"{test.url}: the downloaded file's SHA-256 [0-9a-f]{{64}} differs from "
+                                        rf"the pinned checksum of the official file \({official}\); it was not kept"):
+        census.download(tmp_path / "bad", (dataclasses.replace(test, sha256=official),))
+    assert list((tmp_path / "bad").iterdir()) == []
+
+
+def test_without_a_pinned_checksum_later_copies_must_match_the_first_download(raw, server, tmp_path, monkeypatch):
+    www, base = server
+    files = serve_fixture(raw, www, base)
+    monkeypatch.setattr(census, "REMOTE_FILES", files)
+    monkeypatch.setenv("RECSMITH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RECSMITH_DATA", raising=False)
+    resolve_dataset(DataConfig(source="census_income", max_bad_rows=0.01))
+    cached = tmp_path / "cache" / "census_income" / "download"
+    first = (cached / f"{files[1].name}.sha256").read_text()
+
+    original = (www / files[1].name).read_bytes()
+    with gzip.open(www / files[1].name, "wb") as handle:  # the server now sends other bytes, same rows
+        handle.write(gzip.decompress(original).replace(b"Private", b"Privat", 1))
+    (cached / files[1].name).unlink()  # a later copy is downloaded again ...
+    with pytest.raises(DataError, match=r"the downloaded file's SHA-256 [0-9a-f]{64} differs from the one recorded "
+                                        r"at its first download in .*census-income.test.gz.sha256"):
+        resolve_dataset(DataConfig(source="census_income", max_bad_rows=0.01))
+    assert not (cached / files[1].name).exists() and (cached / f"{files[1].name}.sha256").read_text() == first
+
+    (www / files[1].name).write_bytes(original)
+    resolve_dataset(DataConfig(source="census_income", max_bad_rows=0.01))  # the same bytes again: accepted
+    with open(cached / files[1].name, "ab") as handle:  # ... and a cached copy changed on disk is refused
+        handle.write(b"\0")
+    with pytest.raises(DataError, match=r"census-income.test.gz: SHA-256 [0-9a-f]{64} differs from the one recorded "
+                                        r"at its first download .*: delete it to download it again"):
+        resolve_dataset(DataConfig(source="census_income", max_bad_rows=0.01))
 
 
 def test_without_a_local_copy_the_source_downloads_once_into_the_cache(raw, server, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from recsmith.atomic import write_text_atomic
+from recsmith.atomic import write_error, write_text_atomic
 
 
 class RunDir:
@@ -30,13 +30,17 @@ class RunDir:
         return self
 
     def has_run(self) -> bool:
-        return self.ckpt_last.exists() or self.eval.exists()
+        return self.ckpt_last.exists() or self.ckpt_best.exists() or self.eval.exists()
 
     @staticmethod
     def append(path: Path, record: dict) -> None:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, allow_nan=True) + "\n")
-            handle.flush()
+        """One JSON line; a line cut short by a kill or a full disk is skipped when read."""
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, allow_nan=True) + "\n")
+                handle.flush()
+        except OSError as exc:
+            raise write_error(path, exc) from None
 
     @staticmethod
     def read_jsonl(path: Path) -> list[dict]:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from recsmith.config.diff import flatten
 from recsmith.config.loader import (
     Provenance, display_path, get_dotted, load_with_extends, resolve_experiment, source_of, validate_model,
 )
@@ -158,16 +159,6 @@ def check_locked_fields(chain: ResolvedChain) -> None:
 
 
 _MISSING = object()
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def diff_from_base(chain: ResolvedChain, exp: ResolvedExperiment) -> list[tuple[str, Any, Any]]:

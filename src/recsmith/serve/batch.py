@@ -4,8 +4,9 @@ one `prob_<output>` column per head; it is written under a temporary name and re
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -44,7 +45,7 @@ def predict_file(scorer: Scorer, source: str | Path, target: str | Path, chunk_r
         nonlocal done
         writer = None
         try:
-            for batch in dataset.to_batches(batch_size=chunk_rows):
+            for batch in read_batches(dataset, source, chunk_rows):
                 table = pa.Table.from_batches([batch])
                 try:
                     probs = scorer.predict_table(table)
@@ -66,3 +67,34 @@ def predict_file(scorer: Scorer, source: str | Path, target: str | Path, chunk_r
     target.parent.mkdir(parents=True, exist_ok=True)
     replace_atomically(target, write)
     return done
+
+
+# pyarrow's message for a CSV value that does not fit the type inferred from the first block
+CONVERSION = re.compile(r"In CSV column #(\d+): Row #(\d+): CSV conversion error to (\w+): invalid value '(.*)'")
+
+
+def read_batches(dataset: ds.Dataset, source: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    """The dataset's batches; a value that cannot be read (a CSV column whose type changes
+    after the rows its type was inferred from) is a DataError naming the file, rows and column."""
+    batches, done = dataset.to_batches(batch_size=chunk_rows), 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as exc:
+            raise unreadable(exc, dataset, source, done, chunk_rows) from None
+        yield batch
+        done += batch.num_rows
+
+
+def unreadable(exc: pa.ArrowInvalid, dataset: ds.Dataset, source: Path, done: int, chunk_rows: int) -> DataError:
+    match = CONVERSION.search(str(exc))
+    if not match:
+        return DataError(f"{source}, rows {done + 1:,}..{done + chunk_rows:,}: cannot be read "
+                         f"({str(exc).splitlines()[0]})")
+    column, line, kind, value = int(match.group(1)), int(match.group(2)), match.group(3), match.group(4)
+    name = dataset.schema.names[column] if column < len(dataset.schema.names) else f"#{column + 1}"
+    row = line - 1  # pyarrow counts lines, the header being line 1
+    return DataError(f"{source}: column '{name}' is {kind} in rows 1..{row - 1:,} but row {row:,} (line {line:,}) "
+                     f"holds {value!r}; give the column one type throughout (or write the file as Parquet)")

@@ -12,7 +12,10 @@ when any probability differs by more than `PARITY_TOLERANCE`.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
+import secrets
 import shutil
 import time
 import warnings
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsmith.atomic import write_json_atomic
+from recsmith.atomic import fsync_dir, fsync_tree, remove_stale, temp_prefix, write_error, write_json_atomic
 from recsmith.data.batches import load_split
 from recsmith.errors import ConfigError, DataError
 from recsmith.registry import Registry
@@ -33,6 +36,7 @@ from recsmith.run_dir import RunDir
 
 PARITY_TOLERANCE = 1e-5
 EXPORT_FILE = "export.json"
+STAGING = "partial"  # .OUT.partial<pid>.<host>.<random>: the bundle being written
 EXPORTERS: Registry[Callable] = Registry("export format")
 Runner = Callable[[np.ndarray, np.ndarray], list[np.ndarray]]  # (sparse, dense) -> outputs in order
 
@@ -95,10 +99,18 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, par
         raise ConfigError(f"--format {fmt} needs {', '.join(missing)}: pip install 'recsmith[export]'")
     run = RunDir(run_dir)
     out = Path(out) if out else run.path / f"export-{fmt}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, not a directory")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out: {out} already exists and is not empty")
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_stale(out, STAGING)  # staging dirs of killed exports
+    # a staging dir of its own, so concurrent exports to one --out never share files (made
+    # like mkdtemp, but with the usual permissions: the bundle is read by other users' services)
+    staging = out.with_name(temp_prefix(out, STAGING) + secrets.token_hex(4))
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise write_error(out, exc) from None
     try:
         write_bundle(run.path, staging)
         scorer = Scorer.load(staging)
@@ -118,12 +130,24 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, par
             raise DataError(f"exported {fmt} model differs from PyTorch by {max(worst.values()):.2e} "
                             f"(> {PARITY_TOLERANCE}) on the test split: {worst}")
         write_json_atomic(staging / EXPORT_FILE, report)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
+        publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**report, "out": str(out)}
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Rename the finished bundle to `out` in one step (over an empty dir, never a full one)."""
+    fsync_tree(staging)
+    try:
+        os.rename(staging, out)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise ConfigError(f"--out: {out} was filled while this export ran (another export to the same --out "
+                          "finished first); it holds that export's complete bundle and nothing of this one: "
+                          "export again with another --out to keep both") from None
+    fsync_dir(out.parent)
 
 
 def parity(scorer: Scorer, run_exported: Runner, sparse: np.ndarray, dense: np.ndarray, batch_size: int) -> dict[str, float]:

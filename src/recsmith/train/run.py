@@ -34,6 +34,7 @@ from recsmith.train.fitted import fit_run
 from recsmith.train.losses import build_loss
 from recsmith.train.precision import Precision, resolve_precision
 from recsmith.train.predictions import save_predictions
+from recsmith.train.resume import ResumePoint, resume_point
 from recsmith.train.sequential import SequentialSetup
 from recsmith.train.trainer import Trainer
 from recsmith.train.warm_start import configure as configure_warm_start
@@ -72,7 +73,8 @@ def load_training_data(cfg, dataset_dir: Path, schema: DatasetSchema,
 def train_run(cfg, run_path: str | Path, resume: bool = False,
               on_step: Optional[Callable[[int, dict], None]] = None,
               data_progress=None) -> dict:
-    """Train `cfg` in `run_path` (or continue it with `resume`); returns eval.json's content.
+    """Train `cfg` in `run_path` (or continue it with `resume`, from the newest readable checkpoint:
+    recsmith.train.resume); returns eval.json's content.
     With `runtime.init_from` the model starts from that run's weights (recsmith.train.warm_start)."""
     run = RunDir(run_path)
     cfg = configure_warm_start(cfg)  # sets data.extend_vocab_from before the data is prepared
@@ -80,13 +82,17 @@ def train_run(cfg, run_path: str | Path, resume: bool = False,
         raise ConfigError("tracking.mlflow is true but MLflow is not installed: pip install 'recsmith[tracking]'")
     if run.has_run() and not resume:
         raise ConfigError(f"run dir {run.path} already holds a run: pass --resume, or choose another dir")
+    point = resume_point(cfg, run) if resume else ResumePoint()  # a changed config fails before any write
+    if point.finished is not None:  # nothing trains, so no tracker row: the run's own row stands
+        log.info("run %s is already complete (same config): nothing to train", run.path)
+        return point.finished
     dataset_dir = resolve_dataset(cfg.data, data_progress)  # bad data fails before the run dir exists
     check_experiment_fits(cfg, DatasetSchema.load(dataset_dir))
     run.create()
     handler = attach_log_file(run)
     started = time.time()
     try:
-        result = _train(cfg, run, resume, on_step, dataset_dir)
+        result = _train(cfg, run, point, on_step, dataset_dir)
     except BaseException as exc:
         track_run(cfg, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", started, {})
         raise
@@ -116,23 +122,8 @@ def track_run(cfg, run: RunDir, status: str, started: float, result: dict) -> No
         log.warning("could not append to %s: %s", tracker_path(), exc)
 
 
-def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
-    config_yaml = dump_yaml(cfg.model_dump(mode="json"))
-    checkpoint = None
-    if resume and run.eval.exists():
-        log.info("run %s is already complete", run.path)
-        return run.read_json(run.eval) or {}
-    if resume and run.ckpt_last.exists():
-        checkpoint = load_checkpoint(run.ckpt_last)
-        if checkpoint["config"] != cfg.model_dump(mode="json"):
-            from recsmith.experiments.chain import flatten
-
-            saved, now = flatten(checkpoint["config"]), flatten(cfg.model_dump(mode="json"))
-            keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-            raise ConfigError(f"the config differs from the one {run.ckpt_last} was trained with "
-                              f"({', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}); resume with the same "
-                              f"config and options (--init-from too), or start a new run dir")
-    write_text_atomic(run.config, config_yaml)
+def _train(cfg, run: RunDir, point: ResumePoint, on_step, dataset_dir: Path) -> dict:
+    write_text_atomic(run.config, dump_yaml(cfg.model_dump(mode="json")))
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
     device = resolve_device(cfg.runtime.device)
@@ -151,11 +142,13 @@ def _train(cfg, run: RunDir, resume: bool, on_step, dataset_dir: Path) -> dict:
     setup = (SequentialSetup if cfg.model.family == "sequential" else RankingSetup)(cfg, dataset_dir, device)
     model = setup.model
     trainer = Trainer(cfg, run, model, setup.loss_fn, setup.stream, setup.evaluate_valid, device, precision)
-    if checkpoint is not None:
-        trainer.load_state_dict(checkpoint)
+    if point.checkpoint is not None:
+        trainer.load_state_dict(point.checkpoint)
         for path in (run.metrics, run.health):
             RunDir.truncate_after_step(path, trainer.step)
-        log.info("resumed from %s at step %d", run.ckpt_last.name, trainer.step)
+        for skipped in point.unreadable:
+            log.warning("%s is unreadable: %s; resuming from the next newest checkpoint", skipped.path, skipped.problem)
+        log.info("resumed from %s at step %d", point.path.name, trainer.step)
     else:  # a fresh start: records of an attempt that never reached a checkpoint go
         for path in (run.metrics, run.health):
             path.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from recsmith.data.download import fetch
+from recsmith.data.download import fetch, sha256_problem
 from recsmith.data.prepare import LINE, Chunk, RejectLog, SplitRule, TabularSpec, prepare_cached, prepare_tabular
 from recsmith.data.readers import find_file, read_delimited
 from recsmith.data.sources import SOURCES, Progress, cache_dir, cache_root, extends_vocab, raw_data_dir, \
@@ -82,6 +82,9 @@ class RemoteFile:
     name: str  # the file's name once downloaded
     url: str
     rows: int  # data lines it must hold
+    # the official file's digest; None: UCI publishes none (and none could be checked here),
+    # so the digest of the first download is recorded beside it and later copies must match
+    sha256: str | None = None
 
 
 REMOTE_FILES = (
@@ -176,7 +179,8 @@ def download_dir() -> Path:
 
 def download(directory: Path, files=REMOTE_FILES, progress: Progress = None, timeout: float = 60.0) -> Path:
     """Fetch `files` into `directory` (skipping those already there), each checked against
-    its Content-Length and its number of rows before it is kept."""
+    its Content-Length, its number of rows and its SHA-256 (pinned, else the one recorded at
+    the first download: recsmith.data.download.sha256_problem) before it is kept."""
     directory.mkdir(parents=True, exist_ok=True)
     for remote in files:
         target = directory / remote.name
@@ -188,6 +192,21 @@ def download(directory: Path, files=REMOTE_FILES, progress: Progress = None, tim
             target.unlink()
             raise DataError(f"{remote.url}: the downloaded file holds {rows:,} rows, expected "
                             f"{remote.rows:,}; {HINT}")
+        problem = sha256_problem(target, remote.sha256)  # after the row count: a bad file is never recorded
+        if problem:
+            target.unlink()
+            raise DataError(f"{remote.url}: the downloaded file's {problem}; it was not kept: {HINT}")
+    return directory
+
+
+def check_cached(directory: Path, files=REMOTE_FILES) -> Path:
+    """The downloaded copies in `directory`, each checked against its SHA-256 again."""
+    for remote in files:
+        path = directory / remote.name
+        problem = sha256_problem(path, remote.sha256)
+        if problem:
+            raise DataError(f"{path}: {problem}; the file changed after it was downloaded: delete it to "
+                            "download it again")
     return directory
 
 
@@ -209,7 +228,7 @@ def locate_raw(data_cfg, options: CensusOptions, progress: Progress) -> Path:
     configured = data_cfg.path or (env and (Path(env).expanduser() / "census-income").exists())
     cached = download_dir()
     if not configured and all((cached / f.name).is_file() for f in REMOTE_FILES):
-        return cached
+        return check_cached(cached, REMOTE_FILES)
     if configured or not options.download:
         return raw_data_dir(data_cfg, "census-income", "the Census-Income (KDD) files", HINT)
     return download(cached, REMOTE_FILES, progress)
