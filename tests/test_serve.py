@@ -27,13 +27,17 @@ def dataset_of(run: Path) -> Path:
     return Path(json.loads((run / "eval.json").read_text())["dataset"])
 
 
+ADMIN = {"Authorization": "Bearer admin-s3cret"}
+
+
 @pytest.fixture(scope="module")
 def service(ranking_runs, tmp_path_factory):
-    """Both runs loaded; the first one live; requests logged."""
+    """Both runs loaded; the first one live; requests logged; the admin API on, for run dirs."""
     source = ModelSource()
     first = source.load(str(ranking_runs[0]))
     log_dir = tmp_path_factory.mktemp("request-log")
-    app = build_app(Deployment(first), source, ServeSettings(max_batch=600, log_dir=log_dir))
+    settings = ServeSettings(max_batch=600, log_dir=log_dir, admin_token="admin-s3cret", allow_local_models=True)
+    app = build_app(Deployment(first), source, settings)
     server = start_background(app)
     yield server, app, log_dir
     server.stop()
@@ -94,7 +98,7 @@ def test_hot_swap_under_a_concurrent_request_loop_loses_no_request(service, rank
         for swap in range(6):
             time.sleep(0.05)
             target = str(ranking_runs[(swap + 1) % 2])
-            response = admin.post(f"{server.url}/admin/swap", json={"model": target}, timeout=30)
+            response = admin.post(f"{server.url}/admin/swap", json={"model": target}, headers=ADMIN, timeout=30)
             assert response.status_code == 200 and response.json()["model"] == labels[(swap + 1) % 2]
     for thread in clients:
         thread.join(timeout=120)
@@ -127,6 +131,8 @@ def test_requests_are_logged_to_parquet_for_replay(service, ranking_runs):
     assert mine.num_rows == 7 and set(mine["model"].to_pylist()) == {answer["model"]}
     assert mine["prob_ctr"].to_pylist() == answer["predictions"]["ctr"]
     assert mine["user_id"].to_pylist() == [r["user_id"] for r in rows]
+    assert mine["candidate_position"].to_pylist() == list(range(7))
+    assert mine["impression_id"].to_pylist() == [f"replay-me:{p}" for p in range(7)]
     replayed = ModelSource().load(answer["model"]).scorer.predict_table(mine)  # the label is the run's path
     np.testing.assert_allclose(replayed["ctr"], answer["predictions"]["ctr"], rtol=0, atol=1e-12)
 

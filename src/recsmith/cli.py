@@ -204,25 +204,39 @@ def serve(model: str = typer.Option(..., "--model", help="A registry ref (name, 
           host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
           port: int = typer.Option(8000, help="Port."),
           token: Optional[str] = typer.Option(None, "--token", envvar="RECSMITH_SERVE_TOKEN",
-                                              help="Bearer token required on every endpoint but /health."),
+                                              help="Bearer token required on /predict and /metadata."),
+          admin_token: Optional[str] = typer.Option(
+              None, "--admin-token", envvar="RECSMITH_ADMIN_TOKEN",
+              help="Bearer token for /admin/swap and /admin/canary; without it the admin API is off."),
+          allow_local_models: bool = typer.Option(
+              False, "--allow-local-models", help="Let admin requests name run/bundle dirs, not only registry refs."),
+          allowed_host: Optional[List[str]] = typer.Option(
+              None, "--allowed-host", help="A Host name to answer besides the loopback names (repeatable; '*': any)."),
           registry: Optional[Path] = typer.Option(None, "--registry", help="Registry root."),
           canary: Optional[str] = typer.Option(None, "--canary", help="Gray release: a second model ..."),
-          canary_share: float = typer.Option(0.0, "--canary-share", help="... and the share of traffic it gets."),
+          canary_share: float = typer.Option(0.0, "--canary-share", help="... and the share of traffic it gets (≤ 0.5)."),
           watch: float = typer.Option(0.0, "--watch", help="Poll the registry every N seconds; hot-swap a new version."),
           log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Log requests and features to Parquet here."),
+          log_fsync_seconds: float = typer.Option(
+              1.0, "--log-fsync-seconds", help="fsync the request log this often (0: before every answer)."),
           max_batch: int = typer.Option(1000, "--max-batch", min=1, help="Rows per request (more: 413)."),
+          max_body_bytes: Optional[int] = typer.Option(
+              None, "--max-body-bytes", min=1, help="Request body bytes (more: 413; default 4 KiB per --max-batch row)."),
           max_pending: int = typer.Option(32, "--max-pending", min=1, help="Requests admitted at once (more: 503)."),
           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for inference.")) -> None:
     """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, hot swap, gray release."""
     from recsmith.serve.app import ServeSettings
-    from recsmith.serve.server import make_app, run_service
+    from recsmith.serve.server import allowed_hosts, make_app, run_service
 
     setup_logging()
-    settings = ServeSettings(max_batch=max_batch, max_pending=max_pending, token=token, log_dir=log_dir,
-                             watch_seconds=watch)
+    settings = ServeSettings(max_batch=max_batch, max_body_bytes=max_body_bytes, max_pending=max_pending,
+                             token=token or None, admin_token=admin_token or None,
+                             allow_local_models=allow_local_models, allowed_hosts=allowed_hosts(host, allowed_host or []),
+                             log_dir=log_dir, log_fsync_seconds=log_fsync_seconds, watch_seconds=watch)
     app_ = make_app(model, settings, str(registry) if registry else None, canary, canary_share, threads)
-    console.print(f"serving {model} on http://{host}:{port} (POST /predict, GET /health, GET /metadata)")
-    run_service(app_, host, port, token)
+    admin = "on" if settings.admin_token else "off"
+    console.print(f"serving {model} on http://{host}:{port} (POST /predict, GET /health, GET /metadata; admin API {admin})")
+    run_service(app_, host, port, settings)
 
 
 # -------------------------------------------------------------------------- report

@@ -38,6 +38,7 @@ class Encoder:
     """fit(column) on training chunks, finish(), then transform(column) -> numpy."""
 
     categorical = True
+    raw_type: pa.DataType  # the Arrow type a raw column is read as (a request is cast to it)
 
     def __init__(self, spec: FeatureSpec, state: dict | None = None):
         self.spec, self.t = spec, spec.transformation
@@ -74,6 +75,8 @@ class VocabEncoder(Encoder):
     values new in this data (seen at least `min_count` times, most frequent first) are
     appended after them; `max_size` then caps only how many new values are added.
     """
+
+    raw_type = pa.string()  # the fitted values are text; ids and names alike are matched as text
 
     def __init__(self, spec, state=None):
         self.counts: pa.Table | None = None
@@ -116,6 +119,8 @@ class VocabEncoder(Encoder):
 class IdentityEncoder(Encoder):
     """Integer ids already in [0, size): id + 1; missing → 0; out of range is malformed."""
 
+    raw_type = pa.int64()
+
     @property
     def size(self) -> int:
         return self.t.size + 1
@@ -136,6 +141,8 @@ class IdentityEncoder(Encoder):
 class BucketEncoder(Encoder):
     """Numeric values cut at boundaries (given, or quantiles of a training sample);
     bucket ids 1..len(boundaries)+1, missing → 0."""
+
+    raw_type = pa.float64()
 
     def __init__(self, spec, state=None):
         self.boundaries = list(spec.transformation.boundaries or [])
@@ -182,6 +189,7 @@ class BucketEncoder(Encoder):
 
 class _NumericEncoder(Encoder):
     categorical = False
+    raw_type = pa.float64()
 
     def __init__(self, spec, state=None):
         self.count, self.total, self.squares = 0, 0.0, 0.0
@@ -200,9 +208,20 @@ class _NumericEncoder(Encoder):
             self.squares += float((values * values).sum())
             self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
 
+    def invalid(self, column) -> np.ndarray:
+        """Values whose encoding is finite in float64 but overflows the model's float32 (1e308,
+        or a small scale blowing a large value up): the model would see inf. What is not finite
+        in float64 already (NaN, inf, log1p of -2) counts as missing, as in `transform`."""
+        encoded = self._encode(as_float(column))
+        with np.errstate(over="ignore"):
+            return np.isfinite(encoded) & np.isinf(encoded.astype(np.float32))
+
     def transform(self, column) -> np.ndarray:
-        values = (_scaled(as_float(column), self.t.log1p) - self.offset) / self.scale
+        values = self._encode(as_float(column))
         return np.where(np.isfinite(values), values, self.t.fill).astype(np.float32)
+
+    def _encode(self, raw: np.ndarray) -> np.ndarray:
+        return (_scaled(raw, self.t.log1p) - self.offset) / self.scale
 
     def state(self) -> dict:
         return {"offset": self.offset, "scale": self.scale}

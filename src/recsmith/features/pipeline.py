@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ FEATURES_FILE = "features.json"  # the definitions, beside vocab.json (the fitte
 DESCRIPTIVE = {"owner", "tags", "description"}  # free to change between model updates: no effect on encoding
 
 ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+# A raw column read by several features takes the widest of their types: every encoder
+# reads text that holds a number, but not the other way round.
+RAW_TYPE_WIDTH = (pa.int64(), pa.float64(), pa.string())
 
 
 def wrong_type(spec, exc: Exception) -> DataError:
@@ -85,6 +89,19 @@ class FeaturePipeline:
         missing = [c for c in self.features.columns if c not in present]
         if missing:
             raise DataError(f"input lacks the columns the feature definitions read: {', '.join(missing)}")
+
+    @cached_property
+    def raw_schema(self) -> pa.Schema:
+        """The Arrow type of every raw column (`features.columns`), as the feature definitions
+        imply it: text for a vocabulary, int64 for identity ids, float64 for numbers. Serving
+        casts each request to it, so every logged request has one schema."""
+        types: dict[str, pa.DataType] = {}
+        for spec in self.features.features:
+            wanted = self.encoders[spec.name].raw_type
+            held = types.get(spec.column)
+            if held is None or RAW_TYPE_WIDTH.index(wanted) > RAW_TYPE_WIDTH.index(held):
+                types[spec.column] = wanted
+        return pa.schema([(column, types[column]) for column in self.features.columns])
 
     # ---------------------------------------------------------------- schema
     def sparse_fields(self) -> list[SparseField]:

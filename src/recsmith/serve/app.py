@@ -1,12 +1,17 @@
 """The scoring service (FastAPI): `POST /predict`, `GET /health`, `GET /metadata`, and the
 admin endpoints for hot swap and gray release.
 
-Requests carry raw feature rows exactly as a log would; the service encodes them with the
-model's own fitted encoders (the training code path), scores them on the model the live
-deployment picks, logs them for replay, and answers per-output probabilities. Inference is
-serialised (one model call at a time, using the configured torch threads); at most
-`max_pending` requests wait for it, and the next one is answered 503 at once rather than
-queued without bound.
+Requests carry raw feature rows exactly as a log would; the service casts them to the
+model's raw schema, encodes them with the model's own fitted encoders (the training code
+path), scores them on the model the live deployment picks, logs them (before answering) and
+answers per-output probabilities. Inference is serialised (one model call at a time, using
+the configured torch threads); at most `max_pending` requests wait for it, and the next one
+is answered 503 at once rather than queued without bound.
+
+Security (docs/serving.md, "Security"): scoring and admin have separate bearer tokens, and
+the admin API is off without one; admin requests name registry references only (unless
+local models are allowed) and their errors name no path and list no model; a body over the
+byte limit is refused before it is read; a loopback service answers loopback Host names only.
 """
 
 from __future__ import annotations
@@ -20,46 +25,67 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-import pyarrow as pa
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsmith.errors import RecsmithError
-from recsmith.serve.request_log import RequestLog
-from recsmith.serve.routing import Deployment, LoadedModel, ModelSlot
+from recsmith.serve.guards import LOOPBACK_NAMES, BodyLimit, HostCheck, StatusCounter, bearer_matches
+from recsmith.serve.model_registry import BadModelName, ReferenceRefused
+from recsmith.serve.request_log import RequestLog, check_loggable, logged_rows
+from recsmith.serve.request_rows import rows_to_table
+from recsmith.serve.routing import MAX_CANARY_SHARE, Deployment, LoadedModel, ModelSlot
 from recsmith.serve.sources import ModelSource
 
 log = logging.getLogger("recsmith.serve")
+
+# JSON bytes a request row may take on average: the synthetic funnel's 29 raw fields take
+# about 600; what a row limit allows, a body limit should not refuse
+BODY_BYTES_PER_ROW = 4096
+BODY_BYTES_SLACK = 64 * 1024  # the envelope: request id, routing key, whitespace
 
 
 @dataclass
 class ServeSettings:
     max_batch: int = 1000  # rows per request; more is a 413
+    max_body_bytes: Optional[int] = None  # request body; more is a 413 before parsing (None: from max_batch)
     max_pending: int = 32  # requests admitted at once (running + waiting); more is a 503
-    token: Optional[str] = None  # bearer token required on everything but /health
-    log_dir: Optional[Path] = None  # request/feature log (Parquet) for replay; None = off
+    token: Optional[str] = None  # bearer token for /predict and /metadata
+    admin_token: Optional[str] = None  # bearer token for /admin/*; None turns the admin API off
+    allow_local_models: bool = False  # admin requests may name run / bundle dirs, not only registry refs
+    allowed_hosts: Optional[frozenset[str]] = LOOPBACK_NAMES  # Host names answered; None: any
+    log_dir: Optional[Path] = None  # request/feature log (Parquet) for replay and joins; None = off
+    log_fsync_seconds: float = 1.0  # the log is fsync'ed this often (0: before every answer)
     watch_seconds: float = 0.0  # poll the registry for a new version of the primary ref
+
+    @property
+    def body_limit(self) -> int:
+        return self.max_body_bytes or self.max_batch * BODY_BYTES_PER_ROW + BODY_BYTES_SLACK
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rows: list[dict[str, Any]] = Field(min_length=1, description="raw feature rows, one per candidate")
-    request_id: Optional[str] = None
-    routing_key: Optional[str] = Field(None, description="sticky gray-release key (e.g. a user id)")
+    request_id: Optional[str] = Field(None, min_length=1, max_length=128)
+    routing_key: Optional[str] = Field(None, max_length=256, description="sticky gray-release key (e.g. a user id)")
 
 
 class SwapRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str
+    model: str = Field(min_length=1, max_length=256)
 
 
 class CanaryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: Optional[str] = None  # None removes the canary
-    share: float = Field(0.0, ge=0.0, le=1.0)
+    model: Optional[str] = Field(None, min_length=1, max_length=256)  # None removes the canary
+    share: Optional[float] = Field(None, gt=0.0, le=MAX_CANARY_SHARE)
+
+    @model_validator(mode="after")
+    def _share_with_model(self):
+        if self.model is not None and self.share is None:
+            raise ValueError(f"a canary needs its share of traffic, in (0, {MAX_CANARY_SHARE}]")
+        return self
 
 
 def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettings,
@@ -69,14 +95,26 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
     slot = ModelSlot(deployment)
     inference = threading.Lock()
     admission = threading.BoundedSemaphore(settings.max_pending)
-    request_log = RequestLog(settings.log_dir) if settings.log_dir else None
+    if settings.log_dir:
+        for model in (deployment.primary, deployment.canary):
+            if model is not None:
+                check_loggable(model.scorer.pipeline.raw_schema)
+    request_log = RequestLog(settings.log_dir, settings.log_fsync_seconds) if settings.log_dir else None
     stop_watch = threading.Event()
-    counters = {"requests": 0, "rows": 0, "rejected_overload": 0, "errors": 0, "swaps": 0}
+    counters = {"requests": 0, "rows": 0, "rejected_overload": 0, "client_errors": 0, "server_errors": 0,
+                "swaps": 0}
     counting = threading.Lock()  # requests run on a thread pool: += on a dict item is not atomic
 
     def count(key: str, amount: int = 1) -> None:
         with counting:
             counters[key] += amount
+
+    def count_status(status: int) -> None:
+        if 400 <= status < 500:
+            count("client_errors")
+        elif status >= 500 and status != 503:  # 503 is counted as rejected_overload
+            count("server_errors")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.watch_seconds > 0 and primary_ref:
@@ -88,27 +126,48 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
 
     app = FastAPI(title="recsmith scoring service", lifespan=lifespan)
     app.state.slot, app.state.request_log = slot, request_log
+    # added innermost first: the status count sees every answer, Host and body checks included
+    app.add_middleware(BodyLimit, limit=settings.body_limit)
+    if settings.allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
+    app.add_middleware(StatusCounter, count=count_status)
 
     def authorised(request: Request) -> None:
-        if settings.token and request.headers.get("authorization") != f"Bearer {settings.token}":
+        if settings.token and not bearer_matches(request.headers.get("authorization"), settings.token):
             raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+
+    def admin(request: Request) -> None:
+        if not settings.admin_token:
+            raise HTTPException(403, "the admin API is off: start the service with --admin-token "
+                                     "(or RECSMITH_ADMIN_TOKEN) to swap models or run a canary over HTTP")
+        if not bearer_matches(request.headers.get("authorization"), settings.admin_token):
+            raise HTTPException(401, "missing or wrong admin token (Authorization: Bearer <admin token>)")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):  # one readable line per problem
         problems = ["{}: {}".format(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": "; ".join(problems)})
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # answered outside the status count
+        count("server_errors")
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": "internal error (logged by the service)"})
+
+    def state(current: Deployment) -> dict:
+        return {"model": current.primary.label, "canary": current.canary.label if current.canary else None,
+                "canary_share": current.canary_share, "pinned": current.pinned,
+                "following": primary_ref if settings.watch_seconds > 0 else None}
+
     @app.get("/health")
     def health() -> dict:
-        current = slot.current
-        return {"status": "ok", "model": current.primary.label,
-                "canary": current.canary.label if current.canary else None, **counters}
+        return {"status": "ok", **state(slot.current), **counters,
+                "request_log": request_log.stats() if request_log is not None else None}
 
     @app.get("/metadata", dependencies=[Depends(authorised)])
     def metadata() -> dict:
         current = slot.current
-        return {"model": current.primary.label, "canary": current.canary.label if current.canary else None,
-                "canary_share": current.canary_share, "max_batch": settings.max_batch,
+        return {**state(current), "max_batch": settings.max_batch, "max_body_bytes": settings.body_limit,
                 **current.primary.scorer.describe()}
 
     @app.post("/predict", dependencies=[Depends(authorised)])
@@ -120,86 +179,79 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
             raise HTTPException(503, f"overloaded: {settings.max_pending} requests already admitted; retry later")
         try:
             chosen = slot.current.choose(body.routing_key or body.request_id)
-            table = rows_to_table(body.rows, chosen.scorer.pipeline.features.columns)
+            table = rows_to_table(body.rows, chosen.scorer.pipeline.raw_schema)
             with inference:
                 probs = chosen.scorer.predict_table(table)
         except RecsmithError as exc:
-            count("errors")
             raise HTTPException(422, str(exc)) from None
         finally:
             admission.release()
         request_id = body.request_id or uuid.uuid4().hex
+        if request_log is not None:  # written before the answer: an answered request is logged
+            request_log.append(logged_rows(table, probs, request_id, chosen.label, time.time()))
         count("requests")
         count("rows", len(body.rows))
-        if request_log is not None:
-            request_log.append(logged_rows(table, probs, request_id, chosen.label))
         return {"model": chosen.label, "request_id": request_id,
                 "predictions": {name: values.tolist() for name, values in probs.items()}}
 
-    @app.post("/admin/swap", dependencies=[Depends(authorised)])
+    @app.post("/admin/swap", dependencies=[Depends(admin)])
     def swap(body: SwapRequest) -> dict:
         new = _load(body.model)  # loaded before the swap: requests keep flowing meanwhile
         old = slot.current.primary.label
-        slot.swap(primary=new)
+        current = slot.swap(primary=new, pinned=True)
         count("swaps")
-        log.info("hot swap: %s -> %s", old, new.label)
-        return {"previous": old, "model": new.label}
+        log.info("hot swap (admin): %s -> %s, pinned until the registry promotes a new version", old, new.label)
+        return {"previous": old, **state(current)}
 
-    @app.post("/admin/canary", dependencies=[Depends(authorised)])
+    @app.post("/admin/canary", dependencies=[Depends(admin)])
     def canary(body: CanaryRequest) -> dict:
         if body.model is None:
             current = slot.swap(drop_canary=True)
         else:
             current = slot.swap(canary=_load(body.model), canary_share=body.share)
-        return {"model": current.primary.label, "canary": current.canary.label if current.canary else None,
-                "canary_share": current.canary_share}
+        log.info("canary (admin): %s at %.3f", current.canary.label if current.canary else None, current.canary_share)
+        return state(current)
 
     def _load(ref: str) -> LoadedModel:
+        """A model an admin request names. Its errors say what was wrong with the reference,
+        never where the registry is or what else it holds; the service log has the details."""
         try:
-            return source.load(ref)
+            label, path = source.resolve(ref, local=settings.allow_local_models)
+        except BadModelName as exc:
+            raise HTTPException(422, str(exc)) from None
+        except ReferenceRefused as exc:
+            log.warning("admin: refused '%s': %s", ref, exc)
+            raise HTTPException(403, f"model reference '{ref}' refused: only registry references whose bundles "
+                                     "lie inside the registry are served") from None
         except RecsmithError as exc:
-            raise HTTPException(404, str(exc)) from None
+            log.warning("admin: '%s' not found: %s", ref, exc)
+            raise HTTPException(404, f"unknown model reference '{ref}'") from None
+        try:
+            loaded = source.load_resolved(label, path)
+            if request_log is not None:
+                check_loggable(loaded.scorer.pipeline.raw_schema)
+        except RecsmithError as exc:
+            log.error("admin: '%s' could not be loaded: %s", ref, exc)
+            raise HTTPException(500, f"model '{label}' could not be loaded (the service log says why)") from None
+        return loaded
 
-    def watch() -> None:  # follow the registry: a new version of the primary ref is swapped in
+    def watch() -> None:
+        """Follow the registry: when `primary_ref` resolves to another version (a promotion),
+        swap it in. Only then: a manual swap pins its model until the next promotion."""
+        followed = slot.current.primary.label
         while not stop_watch.wait(settings.watch_seconds):
             try:
-                if source.label(primary_ref) == slot.current.primary.label:
+                if source.label(primary_ref) == followed:
                     continue
                 new = source.load(primary_ref)
             except RecsmithError as exc:
                 log.warning("registry watch: %s", exc)
                 continue
-            old = slot.current.primary.label
-            if new.label != old:
-                slot.swap(primary=new)
+            followed, old = new.label, slot.current
+            slot.swap(primary=new, pinned=False)
+            if new.label != old.primary.label:
                 count("swaps")
-                log.info("hot swap (registry): %s -> %s", old, new.label)
+            log.info("hot swap (registry): %s -> %s%s", old.primary.label, new.label,
+                     "; the manual pin is released" if old.pinned else "")
 
     return app
-
-
-def rows_to_table(rows: list[dict[str, Any]], columns: list[str]) -> pa.Table:
-    """Raw rows → a table of the columns the encoders read; a missing field or a column of
-    mixed types is a RecsmithError naming the row or the column."""
-    arrays = {}
-    for column in columns:
-        values = []
-        for index, row in enumerate(rows):
-            if column not in row:
-                raise RecsmithError(f"row {index} lacks the field '{column}' (send null for a missing value)")
-            values.append(row[column])
-        try:
-            arrays[column] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise RecsmithError(f"field '{column}': values of mixed or unsupported types ({exc})") from None
-    return pa.table(arrays)
-
-
-def logged_rows(table: pa.Table, probs: dict[str, np.ndarray], request_id: str, model: str) -> pa.Table:
-    n = table.num_rows
-    extra = {"request_id": pa.array([request_id] * n), "model": pa.array([model] * n),
-             "served_at": pa.array(np.full(n, time.time()))}
-    extra.update({f"prob_{name}": pa.array(values) for name, values in probs.items()})
-    for name, values in extra.items():
-        table = table.append_column(name, values)
-    return table

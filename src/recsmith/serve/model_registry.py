@@ -54,6 +54,18 @@ class PromotionRefused(RecsmithError):
     kind = "promotion refused"
 
 
+class BadModelName(ConfigError):
+    """A model name (or the name in a reference) outside NAME_PATTERN: never a path."""
+
+
+class ReferenceRefused(RecsmithError):
+    """A reference that would load a model from outside the registry: a registry.json whose
+    version path is not `vN`, or a version directory (or model directory) that is a link
+    leading out of the root."""
+
+    kind = "refused"
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One registered version: its bundle directory and its registry.json entry."""
@@ -139,8 +151,7 @@ class ModelRegistry:
         """`name` (production), `name@production`, `name@staging` (the newest staging version),
         `name@v3` or `name@3`."""
         name, _, selector = ref.partition("@")
-        if not name:
-            raise ConfigError(f"model reference '{ref}': expected NAME, NAME@STAGE or NAME@vN")
+        _check_name(name, f"model reference '{ref}'")
         selector = selector or "production"
         if VERSION_PATTERN.fullmatch(selector):
             return self.get(name, selector)
@@ -309,6 +320,7 @@ class ModelRegistry:
         return max(taken, default=0) + 1
 
     def _model_dir(self, name: str) -> Path:
+        _check_name(name)  # one path component under the root, never '..' or '/'
         model_dir = self.root / name
         if not (model_dir / REGISTRY_FILE).is_file():
             names = self.names()
@@ -352,13 +364,25 @@ class ModelRegistry:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _version(self, name: str, entry: dict) -> ModelVersion:
-        return ModelVersion(name, entry["version"], entry["stage"], self.root / name / entry["path"], entry)
+        return ModelVersion(name, entry["version"], entry["stage"], self._bundle_dir(name, entry), entry)
+
+    def _bundle_dir(self, name: str, entry: dict) -> Path:
+        """The version's directory, checked: registry.json is a file anyone with write access
+        to the root can edit, so its `path` must be a plain `vN` and, links followed, the
+        directory must lie under the root."""
+        relative = str(entry.get("path", ""))
+        path = self.root / name / relative
+        inside = os.path.realpath(path).startswith(os.path.realpath(self.root) + os.sep)
+        if not re.fullmatch(r"v\d+", relative) or not inside:
+            raise ReferenceRefused(f"{name} v{entry.get('version')}: registry.json points outside the registry "
+                                   f"({relative!r} under {name}/); refusing to load it")
+        return path
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, what: str = "") -> None:
     if not NAME_PATTERN.fullmatch(name):
-        raise ConfigError(f"model name '{name}': use letters, digits, '.', '_' and '-' "
-                          "(starting with a letter or digit)")
+        raise BadModelName(f"{what or f'model name {name!r}'}: a model name uses letters, digits, '.', '_' and "
+                           "'-', starting with a letter or digit (references: NAME, NAME@STAGE or NAME@vN)")
 
 
 def _metric(entry: dict, split: str, key: str) -> float | None:

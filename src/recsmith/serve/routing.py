@@ -4,6 +4,10 @@ A `ModelSlot` holds one immutable `Deployment` (the primary model, optionally a 
 its traffic share). A request reads the slot once and keeps that deployment to the end, so
 swapping in a new one (one reference assignment) never drops or mixes a request: requests
 already running finish on the old model, the next ones get the new.
+
+A canary takes at most MAX_CANARY_SHARE of the traffic. Beyond half it would be the model
+most requests see, which is what a swap (recorded, and pinned) or a registry promotion
+(gated, and in the registry's history) are for; a gray release stays the minority.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from recsmith.serve.scorer import Scorer
+
+MAX_CANARY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class Deployment:
     primary: LoadedModel
     canary: Optional[LoadedModel] = None
     canary_share: float = 0.0
+    pinned: bool = False  # the primary was swapped in by hand: a registry watch leaves it until a promotion
 
     def choose(self, request_key: str | None) -> LoadedModel:
         """The canary for `canary_share` of requests: sticky per request key when given
@@ -54,11 +61,13 @@ class ModelSlot:
         return self._deployment
 
     def swap(self, primary: LoadedModel | None = None, canary: LoadedModel | None = None,
-             canary_share: float | None = None, drop_canary: bool = False) -> Deployment:
+             canary_share: float | None = None, drop_canary: bool = False,
+             pinned: bool | None = None) -> Deployment:
         """A new deployment from the current one with the given parts replaced."""
         with self._lock:
             old = self._deployment
             new_canary = None if drop_canary else (canary or old.canary)
             share = 0.0 if new_canary is None else (old.canary_share if canary_share is None else canary_share)
-            self._deployment = Deployment(primary or old.primary, new_canary, share)
+            self._deployment = Deployment(primary or old.primary, new_canary, share,
+                                          old.pinned if pinned is None else pinned)
             return self._deployment

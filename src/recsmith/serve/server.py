@@ -15,18 +15,44 @@ import uvicorn
 
 from recsmith.errors import ConfigError
 from recsmith.serve.app import ServeSettings, build_app
-from recsmith.serve.routing import Deployment
+from recsmith.serve.guards import LOOPBACK_NAMES
+from recsmith.serve.routing import MAX_CANARY_SHARE, Deployment
 from recsmith.serve.sources import ModelSource
 
 log = logging.getLogger("recsmith.serve")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ANY_HOST = "*"
+
+
+def allowed_hosts(bind: str, names: list[str]) -> Optional[frozenset[str]]:
+    """The Host names a service bound to `bind` answers: the loopback names (plus `names`) on
+    loopback, `names` elsewhere, any with '*' or with neither (nothing to check against)."""
+    if ANY_HOST in names:
+        return None
+    names = {name.strip().lower().strip("[]") for name in names}
+    if bind in LOOPBACK_NAMES:
+        return frozenset(LOOPBACK_NAMES | names)
+    return frozenset(names) or None
+
+
+def check_settings(settings: ServeSettings) -> None:
+    if settings.token is not None and settings.admin_token is not None and settings.token == settings.admin_token:
+        raise ConfigError("--admin-token must differ from --token: whoever may score must not also swap models")
+    if settings.allow_local_models and not settings.admin_token:
+        raise ConfigError("--allow-local-models opens the admin API to model dirs, but the admin API is off "
+                          "without --admin-token")
+    if settings.max_body_bytes is not None and settings.max_body_bytes < 1:
+        raise ConfigError(f"--max-body-bytes: {settings.max_body_bytes} is not a positive number of bytes")
+    if not settings.log_fsync_seconds >= 0:
+        raise ConfigError(f"--log-fsync-seconds: {settings.log_fsync_seconds} is not ≥ 0")
 
 
 def make_app(model: str, settings: ServeSettings, registry: Optional[str] = None, canary: Optional[str] = None,
              canary_share: float = 0.0, threads: Optional[int] = None):
-    """Load the first deployment (bad references fail here, before anything listens)."""
-    if not 0.0 <= canary_share <= 1.0:
-        raise ConfigError(f"--canary-share: {canary_share} is not a share in [0, 1]")
+    """Load the first deployment (bad settings and references fail here, before anything listens)."""
+    check_settings(settings)
+    if canary and not 0.0 < canary_share <= MAX_CANARY_SHARE:
+        raise ConfigError(f"--canary-share: {canary_share} is not a share in (0, {MAX_CANARY_SHARE}] (a canary "
+                          "is the minority; to send it every request, swap it in)")
     if threads:
         torch.set_num_threads(threads)
     source = ModelSource(registry)
@@ -35,9 +61,9 @@ def make_app(model: str, settings: ServeSettings, registry: Optional[str] = None
     return build_app(deployment, source, settings, primary_ref=model)
 
 
-def run_service(app, host: str, port: int, token: Optional[str]) -> None:
-    if host not in LOOPBACK and not token:
-        log.warning("serving on %s without a bearer token: anyone who can reach it can score and swap models", host)
+def run_service(app, host: str, port: int, settings: ServeSettings) -> None:
+    if host not in LOOPBACK_NAMES and not settings.token:
+        log.warning("serving on %s without a bearer token: anyone who can reach it can score", host)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -1,0 +1,92 @@
+"""Raw request rows → one typed table, cast to the raw schema the model's feature
+definitions imply (`FeaturePipeline.raw_schema`: text for vocabularies, int64 for identity
+ids, float64 for numbers).
+
+Casting here, before anything else, means two clients sending `1` and `"1"` produce tables
+of the same schema (so the request log can never be poisoned by one of them), and a value
+the model cannot take is one DataError naming its row and field: a missing field, text that
+is not a number, an integer beyond 64 bits, a number that is not finite in float32 (the
+model's precision: 1e308, inf, NaN; a missing value is `null`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from recsmith.errors import DataError
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError)
+SHOWN_CHARS = 40  # of a rejected value in a message
+
+
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """The rows' values of every column in `schema`, cast to its type; a DataError names the
+    first row and field that cannot be."""
+    columns = []
+    for field in schema:
+        values = []
+        for index, row in enumerate(rows):
+            if field.name not in row:
+                raise DataError(f"row {index} lacks the field '{field.name}' (send null for a missing value)")
+            values.append(row[field.name])
+        columns.append(_column(values, field))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _column(values: list, field: pa.Field) -> pa.Array:
+    try:
+        column = _cast(values, field.type)
+    except CAST_ERRORS:
+        raise DataError(_first_uncastable(values, field)) from None
+    if pa.types.is_floating(field.type):
+        _check_finite(column, field.name)
+    return column
+
+
+def _cast(values: list, target: pa.DataType) -> pa.Array:
+    """Numbers straight to float64 (the common case, no cast kernel); anything else inferred,
+    then cast with Arrow's safe cast (ids sent as numbers to a text column, numbers sent as
+    text; 3.5 is no int64)."""
+    if pa.types.is_floating(target):
+        try:
+            return pa.array(values, type=target)
+        except CAST_ERRORS:
+            pass
+    return pa.array(values).cast(target)
+
+
+def _first_uncastable(values: list, field: pa.Field) -> str:
+    kind = {"string": "text", "int64": "an integer", "double": "a number"}[str(field.type)]
+    for index, value in enumerate(values):
+        try:
+            _cast([value], field.type)
+        except OverflowError:
+            return f"row {index}, field '{field.name}': {_shown(value)} does not fit a 64-bit integer"
+        except CAST_ERRORS:
+            return f"row {index}, field '{field.name}': {_shown(value)} cannot be read as {kind}"
+    # every value casts on its own: the rows mix kinds Arrow will not put in one column
+    kinds = [(i, type(v).__name__) for i, v in enumerate(values) if v is not None]
+    index, other = next(((i, k) for i, k in kinds if k != kinds[0][1]), (None, None))
+    if index is None:
+        return f"field '{field.name}': values that cannot be read as {kind}"
+    return (f"row {index}, field '{field.name}': {other} value where row {kinds[0][0]} sends {kinds[0][1]}; "
+            "send one type per field")
+
+
+def _check_finite(column: pa.Array, name: str) -> None:
+    values = column.to_numpy(zero_copy_only=False)  # nulls → NaN, told apart below
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(values) <= FLOAT32_MAX) & ~column.is_null().to_numpy(zero_copy_only=False)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise DataError(f"row {index}, field '{name}': {float(values[index])!r} is not a finite float32 number "
+                        f"(|x| ≤ {FLOAT32_MAX:.4g}; send null for a missing value)")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
