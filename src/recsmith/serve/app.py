@@ -36,7 +36,7 @@ from recsmith.serve.model_registry import BadModelName, ReferenceRefused
 from recsmith.serve.request_log import RequestLog, check_loggable, logged_rows
 from recsmith.serve.request_rows import rows_to_table
 from recsmith.serve.routing import MAX_CANARY_SHARE, Deployment, LoadedModel, ModelSlot
-from recsmith.serve.sources import ModelSource
+from recsmith.serve.sources import LocalModelsRefused, ModelSource
 
 log = logging.getLogger("recsmith.serve")
 
@@ -219,6 +219,8 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
             label, path = source.resolve(ref, local=settings.allow_local_models)
         except BadModelName as exc:
             raise HTTPException(422, str(exc)) from None
+        except LocalModelsRefused as exc:
+            raise HTTPException(403, str(exc)) from None
         except ReferenceRefused as exc:
             log.warning("admin: refused '%s': %s", ref, exc)
             raise HTTPException(403, f"model reference '{ref}' refused: only registry references whose bundles "

@@ -50,13 +50,18 @@ def _column(values: list, field: pa.Field) -> pa.Array:
 def _cast(values: list, target: pa.DataType) -> pa.Array:
     """Numbers straight to float64 (the common case, no cast kernel); anything else inferred,
     then cast with Arrow's safe cast (ids sent as numbers to a text column, numbers sent as
-    text; 3.5 is no int64)."""
+    text; 3.5 is no int64); rows mixing kinds (5 and "5") value by value, each as it would be
+    alone."""
     if pa.types.is_floating(target):
         try:
             return pa.array(values, type=target)
         except CAST_ERRORS:
             pass
-    return pa.array(values).cast(target)
+    try:
+        inferred = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed kinds: the rare, slow path
+        return pa.concat_arrays([pa.array([value]).cast(target) for value in values])
+    return inferred.cast(target)
 
 
 def _first_uncastable(values: list, field: pa.Field) -> str:
@@ -68,13 +73,7 @@ def _first_uncastable(values: list, field: pa.Field) -> str:
             return f"row {index}, field '{field.name}': {_shown(value)} does not fit a 64-bit integer"
         except CAST_ERRORS:
             return f"row {index}, field '{field.name}': {_shown(value)} cannot be read as {kind}"
-    # every value casts on its own: the rows mix kinds Arrow will not put in one column
-    kinds = [(i, type(v).__name__) for i, v in enumerate(values) if v is not None]
-    index, other = next(((i, k) for i, k in kinds if k != kinds[0][1]), (None, None))
-    if index is None:
-        return f"field '{field.name}': values that cannot be read as {kind}"
-    return (f"row {index}, field '{field.name}': {other} value where row {kinds[0][0]} sends {kinds[0][1]}; "
-            "send one type per field")
+    return f"field '{field.name}': values that cannot be read as {kind}"
 
 
 def _check_finite(column: pa.Array, name: str) -> None:
