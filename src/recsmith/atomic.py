@@ -85,7 +85,8 @@ def write_error(path: Path, exc: OSError) -> OSError:
     if todo is None:
         return exc
     kept = f"{path.name} keeps its previous content" if path.exists() else f"{path.name} was not written"
-    return WriteError(f"cannot write {path}: {exc.strerror or exc}; {todo} ({kept})")
+    # os.strerror, not exc.strerror: pyarrow's names the temp file and repeats itself
+    return WriteError(f"cannot write {path}: {os.strerror(exc.errno)}; {todo} ({kept})")
 
 
 def fsync_dir(directory: Path) -> None:
