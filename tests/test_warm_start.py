@@ -211,7 +211,8 @@ def test_cli_init_from_trains_records_and_resumes(day1, day2):
     (run2 / "eval.json").unlink()  # the run's own config.yaml resumes it too
     assert train_run(load_experiment(run2 / "config.yaml"), run2, resume=True)["init_from"] == result["init_from"]
     (run2 / "eval.json").unlink()
-    with pytest.raises(ConfigError, match=r"\(data.extend_vocab_from, runtime.init_from\); resume with the same"):
+    with pytest.raises(ConfigError, match=r"\(data.extend_vocab_from: '.+' → None, runtime.init_from: '.+' → None\); "
+                                          r"resume with the same"):
         train_run(load_experiment(config), run2, resume=True)  # --init-from forgotten
     with pytest.raises(ConfigError, match="runtime.init_from: .*nowhere is not a finished run"):
         train_run(load_experiment(config, {"runtime.init_from": str(root / "nowhere")}), root / "run3")
