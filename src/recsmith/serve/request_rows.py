@@ -28,11 +28,12 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     first row and field that cannot be."""
     columns = []
     for field in schema:
-        values = []
-        for index, row in enumerate(rows):
-            if field.name not in row:
-                raise DataError(f"row {index} lacks the field '{field.name}' (send null for a missing value)")
-            values.append(row[field.name])
+        name = field.name  # read once: each read builds a new str from Arrow's
+        try:
+            values = [row[name] for row in rows]
+        except KeyError:
+            index = next(i for i, row in enumerate(rows) if name not in row)
+            raise DataError(f"row {index} lacks the field '{name}' (send null for a missing value)") from None
         columns.append(_column(values, field))
     return pa.Table.from_arrays(columns, schema=schema)
 
@@ -61,7 +62,7 @@ def _cast(values: list, target: pa.DataType) -> pa.Array:
         inferred = pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed kinds: the rare, slow path
         return pa.concat_arrays([pa.array([value]).cast(target) for value in values])
-    return inferred.cast(target)
+    return inferred if inferred.type == target else inferred.cast(target)
 
 
 def _first_uncastable(values: list, field: pa.Field) -> str:
@@ -79,7 +80,9 @@ def _first_uncastable(values: list, field: pa.Field) -> str:
 def _check_finite(column: pa.Array, name: str) -> None:
     values = column.to_numpy(zero_copy_only=False)  # nulls → NaN, told apart below
     with np.errstate(invalid="ignore"):
-        bad = ~(np.abs(values) <= FLOAT32_MAX) & ~column.is_null().to_numpy(zero_copy_only=False)
+        bad = ~(np.abs(values) <= FLOAT32_MAX)
+    if column.null_count:
+        bad &= ~column.is_null().to_numpy(zero_copy_only=False)
     if bad.any():
         index = int(np.argmax(bad))
         raise DataError(f"row {index}, field '{name}': {float(values[index])!r} is not a finite float32 number "
