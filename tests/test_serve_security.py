@@ -274,6 +274,31 @@ def test_numbers_the_model_cannot_take_are_422_naming_row_and_field(admin_servic
     assert after["client_errors"] == before["client_errors"] + 1 and after["server_errors"] == 0
 
 
+class BrokenScorer:
+    """A scorer that fails in a way no request can cause."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+
+    def predict_table(self, table):
+        raise RuntimeError("a bug")
+
+
+def test_an_unexpected_failure_is_a_500_counted_as_a_server_error(ranking_runs, row):
+    from recsmith.serve.routing import LoadedModel
+    from recsmith.serve.scorer import Scorer
+
+    broken = LoadedModel("broken", BrokenScorer(Scorer.load(ranking_runs[0]).pipeline))
+    server = start_background(build_app(Deployment(broken), ModelSource(), ServeSettings()))
+    try:
+        failed = httpx.post(f"{server.url}/predict", json={"rows": [row]})
+        assert failed.status_code == 500 and "a bug" not in failed.text
+        health = httpx.get(f"{server.url}/health").json()
+        assert (health["server_errors"], health["client_errors"], health["requests"]) == (1, 0, 0)
+    finally:
+        server.stop()
+
+
 def test_an_encoding_that_overflows_float32_is_a_malformed_row():
     features = FeatureSet.model_validate({"features": [
         {"name": "x", "type": "numeric", "transformation": {"kind": "standardize"}}]})

@@ -149,9 +149,10 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
         return JSONResponse(status_code=422, content={"detail": "; ".join(problems)})
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):  # answered outside the status count
+    async def _unexpected(request: Request, exc: Exception):
+        # answered by Starlette's outermost middleware, past the status count; the server
+        # logs the traceback once this returns
         count("server_errors")
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return JSONResponse(status_code=500, content={"detail": "internal error (logged by the service)"})
 
     def state(current: Deployment) -> dict:
