@@ -127,7 +127,7 @@ class Sweep:
         write_text_atomic(point.config_file, dump_yaml(point.config.model_dump(mode="json")))
         point.run.create()
         command = [sys.executable, "-m", "recsmith", "train", str(point.config_file), "--run-dir", str(point.run.path)]
-        if resume and point.run.ckpt_last.exists():
+        if resume and point.run.has_run():  # a checkpoint: ckpt_last, or ckpt_best when ckpt_last is gone
             command.append("--resume")
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         busy, children, started = busy_cpu_seconds(), _children_cpu_seconds(), time.time()
