@@ -283,3 +283,111 @@ CLI_CASES = [
 @pytest.mark.parametrize("case", CLI_CASES, ids=lambda c: c.id)
 def test_bad_cli_arguments(case, ranking_runs, tmp_path, capsys):
     check(Case(case.id, lambda t: case.setup(t, ranking_runs[1]), case.expected, case.untouched), tmp_path, capsys)
+
+
+# ------------------------------------------------------------------ HTTP requests
+SCORE, ADMIN = "score-token-0123", "admin-token-0123"
+
+
+@pytest.fixture(scope="module")
+def service(ranking_runs, tmp_path_factory):
+    """funnel@production behind both tokens, 20 rows a request at most, requests logged."""
+    from recsmith.serve.app import ServeSettings, build_app
+    from recsmith.serve.model_registry import ModelRegistry
+    from recsmith.serve.routing import Deployment
+    from recsmith.serve.server import start_background
+    from recsmith.serve.sources import ModelSource
+
+    root = tmp_path_factory.mktemp("corpus-service")
+    ModelRegistry(root / "registry").add("funnel", ranking_runs[0], stage="production")
+    source = ModelSource(root / "registry")
+    settings = ServeSettings(max_batch=20, token=SCORE, admin_token=ADMIN, log_dir=root / "log", log_fsync_seconds=0)
+    server = start_background(build_app(Deployment(source.load("funnel@production")), source, settings,
+                                        primary_ref="funnel@production"))
+    yield server, root / "log", ranking_runs[0]
+    server.stop()
+
+
+def good_row(run: Path) -> dict:
+    from conftest import raw_synthetic_rows
+
+    return raw_synthetic_rows(Path(json.loads((run / "eval.json").read_text())["dataset"])).slice(0, 1).to_pylist()[0]
+
+
+def as_json(payload) -> dict:
+    """A body with JSON's NaN / inf / big-integer literals as they are (httpx's json= refuses some)."""
+    return {"content": json.dumps(payload), "headers": {**SCORING, "Content-Type": "application/json"}}
+
+
+SCORING = {"Authorization": f"Bearer {SCORE}"}
+ADMINS = {"Authorization": f"Bearer {ADMIN}"}
+# (id, method, path, request(row) -> httpx keyword arguments, expected status, words the answer must hold)
+HTTP_CASES = [
+    ("body-not-json", "post", "/predict", lambda r: {"content": b"rows=1", "headers": SCORING}, 422, ["JSON object"]),
+    ("body-broken-json", "post", "/predict", lambda r: {"content": b'{"rows": [', "headers": {
+        **SCORING, "Content-Type": "application/json"}}, 422, ["JSON object"]),
+    ("rows-empty", "post", "/predict", lambda r: {"json": {"rows": []}, "headers": SCORING}, 422, ["rows"]),
+    ("rows-not-a-list", "post", "/predict", lambda r: {"json": {"rows": r}, "headers": SCORING}, 422, ["rows"]),
+    ("field-missing", "post", "/predict", lambda r: {"json": {"rows": [{k: v for k, v in r.items() if k != "hour"}]},
+                                                     "headers": SCORING}, 422, ["hour", "row 0"]),
+    ("text-for-a-number", "post", "/predict", lambda r: {"json": {"rows": [{**r, "hour": "noon"}]},
+                                                         "headers": SCORING}, 422, ["hour", "row 0"]),
+    ("number-overflows-float32", "post", "/predict", lambda r: as_json({"rows": [r, {**r, "item_price": 1e308}]}),
+     422, ["item_price", "row 1"]),
+    ("integer-beyond-64-bits", "post", "/predict", lambda r: as_json({"rows": [{**r, "user_id": 2 ** 64}]}), 422, ["user_id", "row 0"]),
+    ("unknown-top-level-key", "post", "/predict", lambda r: {"json": {"rows": [r], "candidates": 3},
+                                                             "headers": SCORING}, 422, ["candidates"]),
+    ("request-id-too-long", "post", "/predict", lambda r: {"json": {"rows": [r], "request_id": "x" * 500},
+                                                           "headers": SCORING}, 422, ["request_id"]),
+    ("too-many-rows", "post", "/predict", lambda r: {"json": {"rows": [r] * 21}, "headers": SCORING}, 413, ["21", "20"]),
+    ("body-over-the-byte-limit", "post", "/predict", lambda r: {"content": b"{" + b" " * 200_000 + b"}",
+                                                                "headers": {**SCORING, "Content-Type": "application/json"}},
+     413, ["bytes"]),
+    ("no-token", "post", "/predict", lambda r: {"json": {"rows": [r]}}, 401, ["token"]),
+    ("wrong-token", "post", "/predict", lambda r: {"json": {"rows": [r]}, "headers": {"Authorization": "Bearer nope"}},
+     401, ["token"]),
+    ("admin-with-the-scoring-token", "post", "/admin/swap", lambda r: {"json": {"model": "funnel@v1"},
+                                                                       "headers": SCORING}, 401, ["token"]),
+    ("admin-swap-to-a-directory", "post", "/admin/swap", lambda r: {"json": {"model": "/tmp"}, "headers": ADMINS},
+     403, ["registry"]),
+    ("admin-swap-unknown-model", "post", "/admin/swap", lambda r: {"json": {"model": "ghost@v9"}, "headers": ADMINS},
+     404, ["ghost@v9"]),
+    ("canary-takes-everything", "post", "/admin/canary", lambda r: {"json": {"model": "funnel@v1", "share": 1.0},
+                                                                    "headers": ADMINS}, 422, ["share"]),
+    ("foreign-host-header", "get", "/metadata", lambda r: {"headers": {**SCORING, "Host": "evil.example"}}, 403,
+     ["evil.example"]),
+]
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=lambda c: c[0])
+def test_bad_http_request(case, service):
+    import httpx
+
+    server, log_dir, run = service
+    _, method, path, request, status, words = case
+    before = httpx.get(f"{server.url}/health").json()
+    answer = getattr(httpx, method)(f"{server.url}{path}", timeout=30, **request(good_row(run)))
+    assert answer.status_code == status, answer.text
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and "Traceback" not in detail, detail
+    assert all(word in detail for word in words), detail
+    assert str(log_dir.parent) not in detail and "registry.json" not in detail, f"a server path in {detail!r}"
+    after = httpx.get(f"{server.url}/health").json()
+    assert after["client_errors"] == before["client_errors"] + 1 and after["server_errors"] == 0
+    assert after["model"] == "funnel@v1" and after["rows"] == before["rows"]  # nothing scored, nothing swapped
+
+
+def test_the_request_log_holds_only_answered_requests(service):
+    """After the corpus, one good request: the log holds exactly its row, none of the refused ones."""
+    import httpx
+    import pyarrow.parquet as pq
+
+    from recsmith.serve.request_log import SEGMENT_GLOB, read_segment
+
+    server, log_dir, run = service
+    answer = httpx.post(f"{server.url}/predict", json={"rows": [good_row(run)], "request_id": "good-1"},
+                        headers=SCORING, timeout=30)
+    assert answer.status_code == 200, answer.text
+    tables = [read_segment(p) for p in log_dir.glob(SEGMENT_GLOB)] + [pq.read_table(p) for p in log_dir.glob("*.parquet")]
+    logged = [r for t in tables if t is not None for r in t.column("request_id").to_pylist()]
+    assert logged == ["good-1"]

@@ -88,6 +88,14 @@ class CanaryRequest(BaseModel):
         return self
 
 
+def _problem(error: dict) -> str:
+    """One request validation error in words; a body that is not a JSON object says so."""
+    where = ".".join(str(p) for p in error["loc"])
+    if tuple(error["loc"]) == ("body",) or error["type"] == "json_invalid":
+        return 'body: expected a JSON object such as {"rows": [...]} sent as application/json'
+    return f"{where}: {error['msg']}"
+
+
 def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettings,
               primary_ref: Optional[str] = None) -> FastAPI:
     """The service around a first deployment; `source` loads other models for swaps and
@@ -145,8 +153,8 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):  # one readable line per problem
-        problems = ["{}: {}".format(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": "; ".join(problems)})
+        problems = [_problem(e) for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": "; ".join(dict.fromkeys(problems))})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
