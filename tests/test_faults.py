@@ -6,7 +6,9 @@ says in one line what to do).
 A kill "half way through a write" is made deterministic by a small wrapper around the CLI
 (FAULT below): it patches `os.replace`, the commit point of every atomic write, so that at
 the Nth write of one file name the temp file is cut to half its size and the process then
-SIGKILLs itself (or gets ENOSPC, a full disk). Production code has no hook for it.
+SIGKILLs itself (or gets ENOSPC, a full disk). Production code has no hook for it. Real
+full disks and read-only directories are small tmpfs mounts where the tests may mount
+(root; a read-only directory is a chmod for other users).
 Functions new in this version are imported inside the tests, so each test can also be run
 against the code from before (PYTHONPATH=<old checkout>/src) and fail on its own.
 """
@@ -90,6 +92,19 @@ def tracker_rows(path: Path) -> list[dict]:
 
 def metrics_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "eval.json").read_text())["test"]
+
+
+@contextmanager
+def tmpfs(path: Path, size: str):
+    """A tmpfs of `size` mounted at `path` (needs root; the test is skipped where it cannot mount)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
 
 
 # ------------------------------------------------------------------ atomic writes
@@ -244,7 +259,7 @@ def test_resume_of_a_finished_run_never_mixes_two_configs(whole_run, tmp_path, m
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_a_checkpoint_write_stops_cleanly_and_resume_continues(whole_run, tmp_path, monkeypatch):
+def test_a_simulated_full_disk_during_a_checkpoint_write_keeps_the_previous_one(whole_run, tmp_path, monkeypatch):
     monkeypatch.setenv("RECSMITH_TRACKER", str(tmp_path / "tracker.csv"))
     run_dir = tmp_path / "run"
     full = run_with_fault("ckpt_last.pt", 2, "enospc", *train_args(run_dir))
@@ -257,6 +272,24 @@ def test_a_full_disk_during_a_checkpoint_write_stops_cleanly_and_resume_continue
     resumed = run_cli(*train_args(run_dir, "--resume"))  # space freed: the run continues
     assert resumed.returncode == 0, resumed.stderr
     assert metrics_of(run_dir) == metrics_of(whole_run)
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_during_training_stops_cleanly_and_resume_continues(whole_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSMITH_TRACKER", str(tmp_path / "tracker.csv"))
+    checkpoint = (whole_run / "ckpt_best.pt").stat().st_size
+    with tmpfs(tmp_path / "disk", str(checkpoint * 3 // 2)) as disk:  # room for one checkpoint, not two
+        run_dir = disk / "run"
+        full = run_cli(*train_args(run_dir))
+        assert one_line_error(full, "write error: ") == (
+            f"write error: cannot write {run_dir / 'ckpt_last.pt'}: No space left on device; the disk is full: free "
+            "space there (or write elsewhere) and run the command again (ckpt_last.pt was not written)")
+        assert torch.load(run_dir / "ckpt_best.pt", weights_only=True)["step"] == 20 and temp_files(run_dir) == []
+        subprocess.run(["mount", "-o", f"remount,size={checkpoint * 4}", str(disk)], check=True)  # space freed
+        resumed = run_cli(*train_args(run_dir, "--resume"))
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resumed from ckpt_best.pt at step 20" in resumed.stdout
+        assert metrics_of(run_dir) == metrics_of(whole_run)
 
 
 # ------------------------------------------------------------------ chain summary
@@ -407,19 +440,6 @@ def test_predict_names_the_file_rows_and_column_of_a_late_csv_type_change(rankin
         f"data error: {source}: column 'hour' is int64 in rows 1..60,000 but row 60,001 (line 60,002) holds 'late'; "
         "give the column one type throughout (or write the file as Parquet)")
     assert output.read_bytes() == b"previous results" and temp_files(tmp_path) == []
-
-
-@contextmanager
-def tmpfs(path: Path, size: str):
-    """A tmpfs of `size` mounted at `path` (needs root; the test is skipped where it cannot mount)."""
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from recsmith.train.checkpoint import UnreadableCheckpoint, load_checkpoint
 
 @dataclass
 class ResumePoint:
+    """Where a run continues; all empty: a fresh start."""
+
     finished: dict | None = None  # eval.json of a complete run
     checkpoint: dict | None = None  # the training state to continue from
     path: Path | None = None  # the file `checkpoint` came from
@@ -65,7 +67,8 @@ def saved_config(run: RunDir) -> dict:
         data = yaml.safe_load(run.config.read_text(encoding="utf-8"))
     except OSError as exc:
         raise DataError(f"{run.config}: cannot read the config the finished run was trained with "
-                        f"({exc.strerror or exc}), so --resume cannot check it is the same: start a new run dir") from None
+                        f"({exc.strerror or exc}), so --resume cannot check it is the same: start a new run "
+                        "dir") from None
     except yaml.YAMLError:
         raise DataError(f"{run.config} is not valid YAML, so --resume cannot check the config is the one the "
                         "finished run was trained with: start a new run dir") from None
