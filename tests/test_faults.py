@@ -354,6 +354,8 @@ def test_a_kill_during_a_registry_add_keeps_the_registry_and_the_next_add_works(
     assert [v.version for v in versions] == [1, 3]
     assert json.loads((versions[1].path / "bundle.json").read_text())["run_dir"] == str(ranking_runs[1].resolve())
     assert [n for n in temp_files(model_dir) if n.startswith(".registry.json")] == []
+    # and the next add cleared what the killed ones left: the half-copied bundle, the unregistered v2
+    assert not (model_dir / "v2").exists() and not [n for n in temp_files(model_dir) if "incoming" in n]
 
 
 # ------------------------------------------------------------------ export

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from recsmith.atomic import write_json_atomic
+from recsmith.atomic import remove_stale, temp_prefix, write_json_atomic
 from recsmith.errors import ConfigError, DataError, RecsmithError, did_you_mean
 from recsmith.serve.bundle import write_bundle
 
@@ -42,6 +42,7 @@ DEFAULT_ROOT = Path("runs") / "registry"
 DEFAULT_TOLERANCE = 0.001  # absolute, in the primary metric's units (AUC)
 STAGES = ("staging", "production", "archived")
 REGISTRY_FILE = "registry.json"
+INCOMING = "incoming"  # a bundle being copied in is `.incoming.tmp<pid>.<host>.<token>` until registered
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 VERSION_PATTERN = re.compile(r"v?(\d+)")
 
@@ -185,7 +186,8 @@ class ModelRegistry:
         if stage == "production" and (model_dir / REGISTRY_FILE).is_file():
             self._check_no_production(name, self._read(model_dir))  # fail before the copying
         model_dir.mkdir(parents=True, exist_ok=True)
-        incoming = model_dir / f".incoming-{uuid.uuid4().hex[:12]}"
+        remove_stale(model_dir / INCOMING, "tmp")  # bundles of adds killed while copying
+        incoming = model_dir / f"{temp_prefix(model_dir / INCOMING)}{uuid.uuid4().hex[:12]}"
         try:
             bundle = self._bundler(run_dir, incoming)
             with self._locked(model_dir):
@@ -194,6 +196,7 @@ class ModelRegistry:
                 if stage == "production":
                     self._check_no_production(name, state)
                 number = self._next_number(model_dir, state)
+                self._remove_unregistered(model_dir, state)
                 entry = {**bundle, "version": number, "stage": stage, "path": f"v{number}",
                          "registered": _now(), "registered_by": user or getpass.getuser()}
                 state["versions"].append(entry)
@@ -311,6 +314,15 @@ class ModelRegistry:
         if current is not None:
             raise ConfigError(f"{name} already has a production version (v{current['version']}): add to "
                               f"staging, then `recsmith registry promote {name} VERSION` (the metric gate)")
+
+    @staticmethod
+    def _remove_unregistered(model_dir: Path, state: dict) -> None:
+        """Version dirs that registry.json does not list: an add killed between moving its
+        bundle into place and recording it (only adds holding the lock create them)."""
+        listed = {entry["path"] for entry in state["versions"]}
+        for stray in model_dir.glob("v*"):
+            if re.fullmatch(r"v\d+", stray.name) and stray.name not in listed and stray.is_dir():
+                shutil.rmtree(stray, ignore_errors=True)
 
     @staticmethod
     def _next_number(model_dir: Path, state: dict) -> int:
