@@ -51,9 +51,13 @@ def request_rows(run: Path, count: int) -> list[dict]:
 
 
 def start_service(run: Path, port: int, threads: int, max_pending: int) -> subprocess.Popen:
+    return start_serving(run, port, "--threads", str(threads), "--max-pending", str(max_pending))
+
+
+def start_serving(run: Path, port: int, *options: str) -> subprocess.Popen:
+    """`recsmith serve --model RUN --port PORT OPTIONS` in a child process, once it answers /health."""
     process = subprocess.Popen([sys.executable, "-m", "recsmith", "serve", "--model", str(run), "--port", str(port),
-                                "--threads", str(threads), "--max-pending", str(max_pending)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:

@@ -31,25 +31,14 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from serve import latency, request_rows, train_small_run  # noqa: E402
+from serve import latency, request_rows, start_serving, train_small_run  # noqa: E402
 
 BODY_BYTES = 146_000_000
 SLICE = 1 << 20
 
 
 def start(run: Path, port: int, *extra: str) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "recsmith", "serve", "--model", str(run), "--port", str(port),
-                                "--threads", "1", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        if process.poll() is not None:
-            raise RuntimeError(f"the service exited: {process.stderr.read()}")
-    raise RuntimeError("the service did not come up in 120 s")
+    return start_serving(run, port, "--threads", "1", *extra)
 
 
 def peak_rss_mb(pid: int) -> float:

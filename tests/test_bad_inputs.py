@@ -201,7 +201,8 @@ DATA_CASES = [
     Case("boundaries-not-increasing", lambda t: prepare_args(t, features=feature(
         "price", type="categorical", transformation={"kind": "bucketize", "boundaries": [10, 5, 20]})), "boundaries"),
     Case("split-fractions-too-large", lambda t: prepare_args(t, split={"kind": "random", "valid_fraction": 0.6,
-                                                                       "test_fraction": 0.5}), "split: valid_fraction + test_fraction is 1.1"),
+                                                                       "test_fraction": 0.5}),
+         "split: valid_fraction + test_fraction is 1.1"),
     Case("label-column-absent", lambda t: prepare_args(t, labels={"click": "clicked", "conversion": "label_convert"}),
          "clicked"),
     Case("spec-unknown-key", lambda t: prepare_args(t, feature_list=FEATURES), "feature_list"),
@@ -274,8 +275,8 @@ CLI_CASES = [
     Case("findings-empty-directory", lambda t, run: ["findings", t], "run"),
     Case("data-info-not-a-dataset", lambda t, run: ["data", "info", t], "schema.json"),
     Case("resume-without-run-dir", lambda t, run: ["train", E3, "--resume"], "--resume needs --run-dir"),
-    Case("sweep-unknown-key", lambda t, run: ["sweep", config_file(t, {"name": "sw", "base": str(E3), "grid": {"optim.dense.lrr": [1]},
-                                                                       "output_dir": str(t / "sw")}, "sweep.yaml")],
+    Case("sweep-unknown-key", lambda t, run: ["sweep", config_file(t, {
+        "name": "sw", "base": str(E3), "grid": {"optim.dense.lrr": [1]}, "output_dir": str(t / "sw")}, "sweep.yaml")],
          "lrr", lambda t: {t / "sw": None}),
 ]
 
@@ -334,7 +335,8 @@ HTTP_CASES = [
                                                          "headers": SCORING}, 422, ["hour", "row 0"]),
     ("number-overflows-float32", "post", "/predict", lambda r: as_json({"rows": [r, {**r, "item_price": 1e308}]}),
      422, ["item_price", "row 1"]),
-    ("integer-beyond-64-bits", "post", "/predict", lambda r: as_json({"rows": [{**r, "user_id": 2 ** 64}]}), 422, ["user_id", "row 0"]),
+    ("integer-beyond-64-bits", "post", "/predict", lambda r: as_json({"rows": [{**r, "user_id": 2 ** 64}]}),
+     422, ["user_id", "row 0"]),
     ("unknown-top-level-key", "post", "/predict", lambda r: {"json": {"rows": [r], "candidates": 3},
                                                              "headers": SCORING}, 422, ["candidates"]),
     ("request-id-too-long", "post", "/predict", lambda r: {"json": {"rows": [r], "request_id": "x" * 500},

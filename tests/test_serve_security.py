@@ -11,7 +11,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import raw_synthetic_rows, run_cli
