@@ -1,11 +1,15 @@
 """Is a chain's delta real? Paired bootstrap intervals and DeLong's test for each
-comparison, computed from the runs' saved test predictions (`predictions_test.npz`).
+comparison, computed from the runs' saved test predictions (`predictions_test.npz`) and,
+for top-K metrics, their saved per-user target ranks (`target_ranks_test.npz`).
 
 Every run of a chain is scored on the same test rows, so a comparison is paired: each
-bootstrap resample draws the same rows (for GAUC: the same users, with all their rows)
-for both models, and DeLong's test uses the correlation of the two AUCs on those rows.
-A delta is "significant" when its 95% interval excludes zero and, for an AUC, DeLong's
-p-value is below 0.05 too; otherwise it is "within noise".
+bootstrap resample draws the same units for both models. The unit is a test row for AUC
+and LogLoss, a user (with all their rows) for GAUC, and a user's target for NDCG, HR,
+Precision and MRR (one target per user: each user's value of the metric is resampled).
+DeLong's test uses the correlation of the two AUCs on those rows; it exists for AUCs only,
+so GAUC, LogLoss and top-K deltas have no p-value (reported as n/a). A delta is
+"significant" when its 95% interval excludes zero and, for an AUC, DeLong's p-value is
+below 0.05 too; otherwise it is "within noise".
 """
 
 from __future__ import annotations
@@ -14,18 +18,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from recsmith.experiments.columns import TOPK_FAMILIES, split_name
 from recsmith.metrics.auc import auc
 from recsmith.metrics.classification import row_logloss
 from recsmith.metrics.funnel import target_rows
+from recsmith.metrics.ranking import per_target
 from recsmith.metrics.significance import (ResampledAUC, ResampledGAUC, ResampledMean, bootstrap_chunks,
                                            delong, percentile_interval)
 from recsmith.run_dir import RunDir
-from recsmith.train.predictions import Predictions, load_predictions
+from recsmith.train.predictions import Predictions, TargetRanks, load_predictions, load_target_ranks, ranks_path
 
 LEVEL = 0.95
 ALPHA = 0.05
 RESAMPLES = 1000
-KINDS = ("auc", "gauc", "logloss")
+ROW_KINDS = ("auc", "gauc", "logloss")
+KINDS = (*ROW_KINDS, *TOPK_FAMILIES)
+UNIT_SEED = {"rows": 0, "groups": 1, "targets": 2}  # each unit's resamples come from their own stream
 
 
 @dataclass(frozen=True)
@@ -43,47 +51,97 @@ class DeltaStat:
         return asdict(self)
 
 
+@dataclass
+class RunArrays:
+    """What a run saved of its test scoring (either may be missing)."""
+
+    preds: Predictions | None
+    ranks: TargetRanks | None
+
+    @classmethod
+    def load(cls, run: RunDir) -> "RunArrays":
+        ranks = ranks_path(run.path)
+        return cls(load_predictions(run.predictions) if run.predictions.is_file() else None,
+                   load_target_ranks(ranks) if ranks.is_file() else None)
+
+
 def split_metric(metric: str) -> tuple[str, str]:
-    """("auc", "ctr") from "auc_ctr"; auc_cvr_masked is auc_cvr (the same rows)."""
-    kind, _, target = metric.partition("_")
-    if kind not in KINDS or not target:
-        raise ValueError(f"no interval for metric '{metric}' (supported: {', '.join(k + '_*' for k in KINDS)})")
+    """("auc", "ctr") from "auc_ctr", ("ndcg", "10") from "ndcg_10", ("mrr", "") from
+    "mrr"; auc_cvr_masked is auc_cvr (the same rows)."""
+    kind, target = split_name(metric)
+    if kind in TOPK_FAMILIES:
+        return kind, target
+    if kind not in ROW_KINDS:
+        supported = ", ".join([k + "_*" for k in KINDS if k != "mrr"] + ["mrr"])
+        raise ValueError(f"no interval for metric '{metric}' (supported: {supported})")
     return kind, target.removesuffix("_masked")
 
 
 class _Scored:
-    """One run's arrays for one metric, and its value on each bootstrap resample."""
+    """One run's values for one metric, and its value on each bootstrap resample of its unit."""
 
-    def __init__(self, metric: str, preds: Predictions, group_ids: np.ndarray | None):
-        kind, target = split_metric(metric)
-        y, p, rows = target_rows(target, preds.probs, preds.labels, preds.columns, preds.tasks)
-        self.kind = kind
-        self.rows = np.flatnonzero(rows) if rows is not None else None
-        if self.rows is not None:
-            y, p = y[self.rows], p[self.rows]
-        self.y, self.p = y, p
-        if kind == "auc":
-            self.resampled = ResampledAUC(y, p)
-        elif kind == "logloss":
-            self.resampled = ResampledMean(row_logloss(y, p))
-        else:
-            users = preds.columns["user"] if self.rows is None else preds.columns["user"][self.rows]
-            self.resampled = ResampledGAUC(y, p, users, group_ids)
+    def __init__(self, metric: str, arrays: RunArrays, group_ids: np.ndarray | None):
+        self.kind, target = split_metric(metric)
         self.samples: list[np.ndarray] = []
+        self.subset = None  # the test rows a row metric is computed on (None: all)
+        if self.kind in TOPK_FAMILIES:
+            self.unit, self.resampled = "targets", ResampledMean(per_target(arrays.ranks.ranks, metric))
+            return
+        preds = arrays.preds
+        y, p, rows = target_rows(target, preds.probs, preds.labels, preds.columns, preds.tasks)
+        kept = np.flatnonzero(rows) if rows is not None else None
+        if kept is not None:
+            y, p = y[kept], p[kept]
+        self.y, self.p = y, p
+        if self.kind == "gauc":  # resampled by user: a drawn user brings all their rows
+            users = preds.columns["user"] if kept is None else preds.columns["user"][kept]
+            self.unit, self.resampled = "groups", ResampledGAUC(y, p, users, group_ids)
+            return
+        self.unit, self.subset = "rows", kept
+        self.resampled = ResampledAUC(y, p) if self.kind == "auc" else ResampledMean(row_logloss(y, p))
 
     def point(self) -> float:
         if self.kind == "auc":
             return auc(self.y, self.p)
-        if self.kind == "logloss":
-            return float(self.resampled.values.mean())
-        gauc_ = self.resampled
-        return float(np.average(gauc_.aucs, weights=gauc_.sizes)) if gauc_.aucs.size else float("nan")
-
-    def add(self, row_counts: np.ndarray, group_counts: np.ndarray) -> None:
         if self.kind == "gauc":
-            self.samples.append(self.resampled(group_counts))
+            gauc_ = self.resampled
+            return float(np.average(gauc_.aucs, weights=gauc_.sizes)) if gauc_.aucs.size else float("nan")
+        return float(self.resampled.values.mean())
+
+    def add(self, counts: np.ndarray) -> None:
+        self.samples.append(self.resampled(counts if self.subset is None else counts[:, self.subset]))
+
+    def distribution(self) -> np.ndarray:
+        return np.concatenate(self.samples)
+
+
+def _bootstrap(items: list[_Scored], size: int, resamples: int, seed: int) -> None:
+    """Score every item on the same resamples of `size` units."""
+    for counts in bootstrap_chunks(size, resamples, seed):
+        for item in items:
+            item.add(counts)
+
+
+def _scorers(metric: str, exp_ids, arrays: dict[str, RunArrays], scored: dict, streams: dict) -> None:
+    """Build the runs' scorers of one metric, filed under the resample stream they share."""
+    for exp_id in exp_ids:
+        if (exp_id, metric) in scored:
+            continue
+        mine = arrays[exp_id]
+        kind = split_metric(metric)[0]
+        group_ids = None
+        if kind == "gauc":
+            if "user" not in mine.preds.columns:
+                raise LookupError("no user column for GAUC")
+            group_ids = np.unique(mine.preds.columns["user"])
+        item = _Scored(metric, mine, group_ids)
+        if item.unit == "targets":
+            key = (mine.ranks.dataset, "targets", len(mine.ranks.ranks))
         else:
-            self.samples.append(self.resampled(row_counts if self.rows is None else row_counts[:, self.rows]))
+            size = mine.preds.rows if item.unit == "rows" else group_ids.size
+            key = (mine.preds.dataset, item.unit, size)
+        scored[(exp_id, metric)] = item
+        streams.setdefault(key, []).append(item)
 
 
 def comparison_stats(runs: dict[str, RunDir], comparisons, resamples: int = RESAMPLES,
@@ -92,36 +150,30 @@ def comparison_stats(runs: dict[str, RunDir], comparisons, resamples: int = RESA
     metric of every comparison; `runs` maps experiment ids to run dirs. The point values
     are recomputed from the saved predictions: the same numbers as the runs' eval.json."""
     wanted = {(c.baseline, c.candidate, m) for c in comparisons for m in c.metrics}
-    preds: dict[str, Predictions] = {}
-    for exp_id in {e for b, c, _ in wanted for e in (b, c)}:
-        path = runs[exp_id].predictions if exp_id in runs else None
-        if path is not None and path.is_file():
-            preds[exp_id] = load_predictions(path)
+    arrays = {e: RunArrays.load(runs[e]) if e in runs else RunArrays(None, None)
+              for e in {e for b, c, _ in wanted for e in (b, c)}}
     results: dict[tuple[str, str, str], DeltaStat | str] = {}
+    scored: dict[tuple[str, str], _Scored] = {}
+    streams: dict[tuple, list[_Scored]] = {}
     pairs = []
     for base, cand, metric in sorted(wanted):
-        reason = _unpairable(preds.get(base), preds.get(cand), base, cand)
+        reason = _unpairable(metric, arrays[base], arrays[cand], base, cand)
         if reason is None:
             try:
-                split_metric(metric)
-            except ValueError as exc:
+                _scorers(metric, (base, cand), arrays, scored, streams)
+            except KeyError as exc:  # a metric name whose target these runs do not have
+                reason = f"no interval for '{metric}': these runs have no {exc}"
+            except LookupError as exc:
                 reason = str(exc)
         if reason:
             results[(base, cand, metric)] = reason
         else:
             pairs.append((base, cand, metric))
-    by_rows: dict[tuple[str, int], list] = {}  # pairs scored on the same test rows share resamples
-    for pair in pairs:
-        by_rows.setdefault((preds[pair[0]].dataset, preds[pair[0]].rows), []).append(pair)
-    scored: dict[tuple[str, str], _Scored] = {}
-    for group in by_rows.values():
-        _resample(group, preds, scored, results, resamples, seed)
+    for (_, unit, size), items in streams.items():
+        _bootstrap(items, size, resamples, seed + UNIT_SEED[unit])
     for base, cand, metric in pairs:
-        if (base, cand, metric) in results:
-            continue
         a, b = scored[(base, metric)], scored[(cand, metric)]
-        deltas = np.concatenate(b.samples) - np.concatenate(a.samples)
-        low, high = percentile_interval(deltas, LEVEL)
+        low, high = percentile_interval(b.distribution() - a.distribution(), LEVEL)
         p_value = delong(a.y, a.p, b.p).p_value if a.kind == "auc" else None
         point_a, point_b = a.point(), b.point()
         excludes_zero = low > 0 or high < 0
@@ -131,35 +183,42 @@ def comparison_stats(runs: dict[str, RunDir], comparisons, resamples: int = RESA
     return results
 
 
-def _resample(pairs: list, preds: dict, scored: dict, results: dict, resamples: int, seed: int) -> None:
-    """Score every (run, metric) of these pairs on the same bootstrap resamples."""
-    reference = preds[pairs[0][0]]
-    users = reference.columns.get("user")
-    group_ids = np.unique(users) if users is not None else None
-    mine = []
-    for base, cand, metric in pairs:
-        if metric.startswith("gauc") and group_ids is None:
-            results[(base, cand, metric)] = "no user column for GAUC"
-            continue
+def run_intervals(arrays: RunArrays, metrics: list[str], resamples: int,
+                  seed: int = 0) -> dict[str, tuple[float, float]]:
+    """{metric: 95% bootstrap interval} of one run's own test metrics, for those of
+    `metrics` its saved predictions and ranks can give (resampling the same units as the
+    comparisons do)."""
+    scored: dict[tuple[str, str], _Scored] = {}
+    streams: dict[tuple, list[_Scored]] = {}
+    for metric in metrics:
         try:
-            for exp_id in (base, cand):
-                if (exp_id, metric) not in scored:
-                    scored[(exp_id, metric)] = _Scored(metric, preds[exp_id], group_ids)
-                    mine.append(scored[(exp_id, metric)])
-        except KeyError as exc:  # a metric name whose target these runs do not have
-            results[(base, cand, metric)] = f"no interval for '{metric}': these runs have no {exc}"
-    group_chunks = bootstrap_chunks(group_ids.size, resamples, seed + 1) if group_ids is not None else None
-    for row_counts in bootstrap_chunks(reference.rows, resamples, seed):
-        group_counts = next(group_chunks) if group_chunks is not None else None
-        for item in mine:
-            item.add(row_counts, group_counts)
+            if _missing(metric, arrays) is None:
+                _scorers(metric, ("run",), {"run": arrays}, scored, streams)
+        except (ValueError, LookupError):
+            continue  # no interval for this metric (calibration, loss) or its target is not saved
+    for (_, unit, size), items in streams.items():
+        _bootstrap(items, size, resamples, seed + UNIT_SEED[unit])
+    return {metric: percentile_interval(item.distribution(), LEVEL) for (_, metric), item in scored.items()}
 
 
-def _unpairable(a: Predictions | None, b: Predictions | None, base: str, cand: str) -> str | None:
-    missing = [e for e, p in ((base, a), (cand, b)) if p is None]
+def _missing(metric: str, arrays: RunArrays) -> str | None:
+    """Which saved file a metric needs and this run lacks."""
+    if split_metric(metric)[0] in TOPK_FAMILIES:
+        return None if arrays.ranks is not None else "per-user target ranks"
+    return None if arrays.preds is not None else "test predictions"
+
+
+def _unpairable(metric: str, a: RunArrays, b: RunArrays, base: str, cand: str) -> str | None:
+    try:
+        needs = [(e, _missing(metric, arr)) for e, arr in ((base, a), (cand, b))]
+    except ValueError as exc:
+        return str(exc)
+    missing = [e for e, what in needs if what]
     if missing:
-        return f"no saved test predictions for {', '.join(missing)}"
-    if a.dataset != b.dataset or a.rows != b.rows or any(
-            not np.array_equal(a.labels[k], b.labels.get(k)) for k in a.labels):
-        return f"{base} and {cand} were tested on different rows"
-    return None
+        return f"no saved {needs[0][1] or needs[1][1]} for {', '.join(missing)}"
+    if split_metric(metric)[0] in TOPK_FAMILIES:
+        same = a.ranks.dataset == b.ranks.dataset and np.array_equal(a.ranks.users, b.ranks.users)
+    else:
+        same = a.preds.dataset == b.preds.dataset and a.preds.rows == b.preds.rows and all(
+            np.array_equal(a.preds.labels[k], b.preds.labels.get(k)) for k in a.preds.labels)
+    return None if same else f"{base} and {cand} were tested on different rows"

@@ -1,13 +1,17 @@
 """`recsmith findings DIR`: a short factual summary written from the tracked numbers only:
-what was run, the best configuration, each gain over its baseline with its interval and
-verdict, run time and model sizes. Every figure names the file it was read from."""
+what was run, the sanity alarms, the best configuration, each gain over its baseline with
+its interval and verdict, run time and model sizes. Every figure names the file it was
+read from. A delta or a best configuration that a sanity alarm applies to is flagged
+and never called a gain: an alarm usually means a bug, not a result."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from recsmith.atomic import write_text_atomic
+from recsmith.experiments.alarms import applying
 from recsmith.experiments.report import load_results
+from recsmith.experiments.summary import delta_alarms
 
 
 def _fmt(value, spec: str = ".4f") -> str:
@@ -37,6 +41,9 @@ def build_findings(directory: str | Path) -> Path:
     unfinished = [f"{r['exp_id']} ({r['status']})" for r in rows if r["status"] != "success"]
     if unfinished:
         lines.append(f"Not finished: {', '.join(unfinished)}.")
+    lines += ["", "## Sanity alarms", ""]
+    lines += [f"- {r['exp_id']}: {a['message']}" for r in rows for a in r.get("alarms") or []] or [
+        "None: no AUC at chance or ≈ 1, no two heads predicting the same, calibration within [0.5, 2]."]
     lines += ["", "## Best configuration", ""]
     key = _common_primary(done)
     if key:
@@ -48,6 +55,9 @@ def build_findings(directory: str | Path) -> Path:
         lines.append(f"By {what} `{key}` (the primary key most experiments share): **{best['exp_id']}**"
                      f" ({best.get('description') or 'no description'}), {key} = {best[key]:.4f}"
                      f" (run dir `{best['run_dir']}`).")
+        flags = applying(best.get("alarms") or [], key)
+        if flags:
+            lines.append(f"Flagged, not a finding until explained: {'; '.join(a['message'] for a in flags)}.")
         oracle = best.get(f"oracle_{key}")
         if oracle is not None:
             lines.append(f"The oracle (true probabilities) reaches {oracle:.4f} on the same rows; "
@@ -74,6 +84,7 @@ def _common_primary(rows: list[dict]) -> str | None:
 
 def _gains(results: dict) -> list[str]:
     out = []
+    by_id = {r["exp_id"]: r for r in results["rows"]}
     if results["seeds"]:
         for c in results["seeds"]["comparisons"]:
             for m in c["metrics"]:
@@ -81,9 +92,10 @@ def _gains(results: dict) -> list[str]:
                     continue
                 interval = ("" if not m["t_interval"] else
                             f", 95% t-interval [{m['t_interval'][0]:+.4f}, {m['t_interval'][1]:+.4f}]")
+                alarms = delta_alarms(by_id, c["baseline"], c["candidate"], m["metric"])  # the first seed's runs
                 out.append(f"- {c['title']}, {m['metric']}: {m['delta_mean']:+.4f} ± {m['delta_std']:.4f} over "
                            f"{m['delta_n']} seeds{interval}; {m['bootstrap_significant']} of {m['delta_n']} seeds "
-                           f"significant on their own test rows: **{m['verdict']}**")
+                           f"significant on their own test rows: {_verdict(m['verdict'], alarms)}")
         return out
     for c in results["comparisons"]:
         for m in c["metrics"]:
@@ -92,5 +104,13 @@ def _gains(results: dict) -> list[str]:
                 continue
             p = "" if m["p_value"] is None else f", DeLong p = {m['p_value']:.2g}"
             out.append(f"- {c['title']}, {m['metric']}: {m['delta']:+.4f} (95% CI [{m['ci_low']:+.4f}, "
-                       f"{m['ci_high']:+.4f}]{p}): **{m['verdict']}**")
+                       f"{m['ci_high']:+.4f}]{p}): {_verdict(m['verdict'], m.get('alarms') or [])}")
     return out
+
+
+def _verdict(verdict: str, alarms: list[str]) -> str:
+    """The verdict in bold, or, when an alarm applies, a flag in its place: a delta between
+    numbers that may be a bug is no gain and no loss until the alarm is explained."""
+    if not alarms:
+        return f"**{verdict}**"
+    return f"flagged, not a finding ({verdict} on its face; alarm: {'; '.join(alarms)})"

@@ -1,4 +1,5 @@
-"""The report's charts (matplotlib, Agg): one function per chart, each writing one PNG."""
+"""The report's charts (matplotlib, Agg): one function per chart, each writing one PNG.
+The caller picks the metrics (recsmith.experiments.report), so any task names work."""
 
 from __future__ import annotations
 
@@ -10,10 +11,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-AUC_METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "auc_like")
-BAR_METRICS = (*AUC_METRICS, "ndcg_10")
-CURVE_METRICS = ("auc_ctr", "auc_ctcvr", "auc_cvr", "ndcg_10", "auc_like")
-
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
@@ -22,13 +19,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def metric_bars(rows: list[dict], errors: dict[tuple[str, str], tuple[float, float]], oracle: dict,
-                error_label: str, path: Path) -> Path:
-    """One panel per AUC metric (and NDCG@10): a bar per experiment, error bars, the oracle as a dashed line."""
-    metrics = [m for m in BAR_METRICS if any(r.get(m) is not None for r in rows)]
+def metric_bars(rows: list[dict], metrics: list[str], errors: dict[tuple[str, str], tuple[float, float]],
+                oracle: dict, error_label: str, path: Path) -> Path:
+    """One panel per metric: a bar per experiment, error bars, the oracle as a dashed line."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        shown = [r for r in rows if r.get(metric) is not None]
+        shown = [r for r in rows if r.get(metric) is not None and np.isfinite(r[metric])]
         values = np.array([r[metric] for r in shown])
         low = [values[i] - errors.get((r["exp_id"], metric), (values[i], values[i]))[0] for i, r in enumerate(shown)]
         high = [errors.get((r["exp_id"], metric), (values[i], values[i]))[1] - values[i] for i, r in enumerate(shown)]
@@ -45,9 +41,10 @@ def metric_bars(rows: list[dict], errors: dict[tuple[str, str], tuple[float, flo
     return _save(fig, path)
 
 
-def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], oracle: dict, path: Path) -> Path:
-    """Train loss and the validation AUCs per step, one line per run."""
-    panels = ["loss"] + [m for m in CURVE_METRICS if any(m in c for c in curves.values())]
+def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metrics: list[str], oracle: dict,
+                    path: Path) -> Path:
+    """Train loss and these validation metrics per step, one line per run."""
+    panels = ["loss"] + metrics
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     colours = {exp_id: plt.cm.tab10(i % 10) for i, exp_id in enumerate(curves)}  # one colour per run
     for ax, panel in zip(axes[0], panels):
@@ -83,7 +80,7 @@ def gate_heatmap(exp_id: str, record_by_gate: dict[str, dict], path: Path) -> Pa
 
 def calibration(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], path: Path) -> Path:
     """Reliability diagrams: mean prediction vs observed rate per probability bin."""
-    targets = [t for t in ("ctr", "cvr") if any(t in c for c in curves.values())]
+    targets = list(dict.fromkeys(t for c in curves.values() for t in c))
     fig, axes = plt.subplots(1, len(targets), figsize=(4.4 * len(targets), 4.0), squeeze=False)
     for ax, target in zip(axes[0], targets):
         top = 0.0

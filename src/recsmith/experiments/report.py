@@ -1,7 +1,9 @@
 """`recsmith report DIR`: EXPERIMENT_REPORT.md and a self-contained report.html, built from
 the run dirs under DIR (a chain's output dir, a `--seeds` output dir, or any dir of run
 dirs) and the summaries written beside them. Failed and partial runs are listed with their
-status and left out of the charts they have no numbers for.
+status and left out of the charts they have no numbers for. Columns come from the metrics
+the runs report (recsmith.experiments.columns); sanity alarms are marked beside the numbers
+they apply to and listed in their own section.
 """
 
 from __future__ import annotations
@@ -16,17 +18,15 @@ import numpy as np
 from recsmith.atomic import write_text_atomic
 from recsmith.errors import ConfigError
 from recsmith.experiments import plots
-from recsmith.experiments.summary import summary_row
+from recsmith.experiments.alarms import applying
+from recsmith.experiments.columns import headline_metrics, informative, is_topk, ordered_metrics
+from recsmith.experiments.summary import INTERVAL_RESAMPLES, metric_columns, oracle_values, summary_row
 from recsmith.metrics.funnel import target_rows
-from recsmith.metrics.significance import ResampledAUC, bootstrap_chunks, percentile_interval
 from recsmith.run_dir import RunDir
 from recsmith.train.predictions import load_predictions
 
-TABLE_METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "gauc_ctr", "logloss_ctr",
-                 "hr_10", "ndcg_10", "ndcg_20", "mrr", "auc_like", "gauc_like", "logloss_like")
-PROTOCOL_OF = {"hr_10": "top-K", "ndcg_10": "top-K", "ndcg_20": "top-K", "mrr": "top-K",
-               "auc_like": "CTR-style", "gauc_like": "CTR-style", "logloss_like": "CTR-style"}
-CI_RESAMPLES = 300  # per-run intervals in the summary table
+TABLE_FAMILIES = ("auc", "gauc", "logloss", "ndcg", "hr", "mrr")  # the summary table's metrics
+CHART_FAMILIES = ("auc", "ndcg")  # the bar chart's and learning curves' panels
 CALIBRATION_BINS = 10
 
 
@@ -60,21 +60,22 @@ def build_report(directory: str | Path) -> tuple[Path, Path]:
             for r in rows}
     images = directory / "report"
     images.mkdir(exist_ok=True)
-    oracle = next(({m.removeprefix("oracle_"): r[m] for m in r if m.startswith("oracle_") and r[m] is not None}
-                   for r in rows if r.get("oracle_auc_ctr") is not None), {})
+    oracle = oracle_values(rows)
     successful = [r for r in rows if r["status"] == "success"]
     if results["seeds"]:  # bars and table show the mean over seeds
         means = {e["exp_id"]: {m: s["mean"] for m, s in e["metrics"].items()} for e in results["seeds"]["experiments"]}
         successful = [{**r, **means.get(r["exp_id"], {})} for r in successful]
-    errors, error_label = _errors(results, successful, runs)
+    errors, error_label = _errors(results, successful)
     charts = []
-    if successful:
-        charts.append(("Test metrics per experiment", plots.metric_bars(successful, errors, oracle, error_label,
+    bars = informative(successful, headline_metrics(metric_columns(successful), CHART_FAMILIES))
+    if bars:
+        charts.append(("Test metrics per experiment", plots.metric_bars(successful, bars, errors, oracle, error_label,
                                                                     images / "primary_metrics.png")))
     curves = {e: _curves(run) for e, run in runs.items() if run.metrics.is_file()}
     if any(curves.values()):
         valid_oracle = next((v for v in (_valid_oracle(run) for run in runs.values()) if v), {})
-        charts.append(("Learning curves", plots.learning_curves(curves, valid_oracle, images / "learning_curves.png")))
+        charts.append(("Learning curves", plots.learning_curves(curves, _curve_metrics(curves), valid_oracle,
+                                                                images / "learning_curves.png")))
     for exp_id, run in runs.items():
         gates = _last_gates(run)
         if gates:
@@ -84,7 +85,7 @@ def build_report(directory: str | Path) -> tuple[Path, Path]:
     if calibration:
         charts.append(("Calibration", plots.calibration(calibration, images / "calibration.png")))
     tables = {"summary": _summary_table(rows, errors, error_label, results["seeds"]),
-              "deltas": _delta_table(results), "protocols": _protocols(runs)}
+              "deltas": _delta_table(results), "protocols": _protocols(runs), "alarms": _alarm_table(rows)}
     md_path, html_path = directory / "EXPERIMENT_REPORT.md", directory / "report.html"
     write_text_atomic(md_path, _markdown(results["title"], tables, charts, directory, oracle))
     write_text_atomic(html_path, _html(results["title"], tables, charts, oracle))
@@ -105,9 +106,9 @@ def _protocols(runs: dict) -> dict:
 
 
 # ----------------------------------------------------------------------- numbers
-def _errors(results: dict, rows: list[dict], runs: dict) -> tuple[dict, str]:
-    """Per (experiment, metric): (low, high) around the value; mean ± std over seeds, or a
-    bootstrap 95% interval of the run's own test rows."""
+def _errors(results: dict, rows: list[dict]) -> tuple[dict, str]:
+    """Per (experiment, metric): (low, high) around the value; mean ± std over seeds, or the
+    95% bootstrap interval of the run's own test rows (the summary's `intervals`)."""
     out = {}
     if results["seeds"]:
         for e in results["seeds"]["experiments"]:
@@ -117,36 +118,35 @@ def _errors(results: dict, rows: list[dict], runs: dict) -> tuple[dict, str]:
                     out[(e["exp_id"], metric)] = (row[metric] - s["std"], row[metric] + s["std"])
         return out, "± std over seeds"
     for row in rows:
-        run = runs[row["exp_id"]]
-        if not run.predictions.is_file():
-            continue
-        preds = load_predictions(run.predictions)
-        scorers = {}
-        for metric in plots.AUC_METRICS:
-            if row.get(metric) is None:
-                continue
-            y, p, mask = target_rows(metric.removeprefix("auc_"), preds.probs, preds.labels, preds.columns,
-                                     preds.tasks)
-            rows_ = np.flatnonzero(mask) if mask is not None else slice(None)
-            scorers[metric] = (rows_, ResampledAUC(y[rows_], p[rows_]), [])
-        for counts in bootstrap_chunks(preds.rows, CI_RESAMPLES, seed=0):  # a block of resamples at a time
-            for rows_, scorer, samples in scorers.values():
-                samples.append(scorer(counts[:, rows_]))
-        for metric, (_, _, samples) in scorers.items():
-            out[(row["exp_id"], metric)] = percentile_interval(np.concatenate(samples))
-    return out, f"95% bootstrap interval, {CI_RESAMPLES} resamples of the test rows"
+        for metric, (low, high) in (row.get("intervals") or {}).items():
+            out[(row["exp_id"], metric)] = (low, high)
+    return out, (f"95% bootstrap interval, {INTERVAL_RESAMPLES} resamples of the test rows "
+                 "(users for GAUC and top-K metrics)")
 
 
 def _curves(run: RunDir) -> dict[str, list[tuple[int, float]]]:
+    """Train loss ("loss") and every finite validation metric but the loss, per step."""
     series: dict[str, list[tuple[int, float]]] = {}
     for record in RunDir.read_jsonl(run.metrics):
         if record.get("type") == "train":
             series.setdefault("loss", []).append((record["step"], record["loss"]))
         elif record.get("type") == "valid":
-            for metric in plots.CURVE_METRICS:
-                if isinstance(record.get(metric), float) and np.isfinite(record[metric]):
-                    series.setdefault(metric, []).append((record["step"], record[metric]))
+            for metric, value in record.items():
+                if metric not in ("type", "step", "loss") and isinstance(value, float) and np.isfinite(value):
+                    series.setdefault(metric, []).append((record["step"], value))
     return series
+
+
+def _curve_metrics(curves: dict[str, dict[str, list[tuple[int, float]]]]) -> list[str]:
+    """The validation metrics worth a learning-curve panel: each task's AUC and NDCG at the
+    headline cutoff, less any that repeat another at every evaluation of every run."""
+    evaluations: dict[tuple[str, int], dict[str, float]] = {}
+    for exp_id, series in curves.items():
+        for metric, points in series.items():
+            for step, value in points:
+                evaluations.setdefault((exp_id, step), {})[metric] = value
+    names = ordered_metrics(m for series in curves.values() for m in series if m != "loss")
+    return informative(list(evaluations.values()), headline_metrics(names, CHART_FAMILIES))
 
 
 def _valid_oracle(run: RunDir) -> dict[str, float]:
@@ -164,13 +164,16 @@ def _last_gates(run: RunDir) -> dict[str, dict]:
 
 
 def _calibration(run: RunDir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per head: (mean prediction, observed rate) in each prediction decile, on the rows
+    the head's label is observed; only heads whose scores are probabilities (their log loss
+    is reported: a softmax model's kept scores are ranks)."""
     if not run.predictions.is_file():
         return {}
     preds = load_predictions(run.predictions)
+    test = (run.read_json(run.eval) or {}).get("test", {})
     out = {}
-    for target in ("ctr", "cvr"):
-        if target not in preds.probs:
-            continue
+    for target in (t for t in preds.probs if isinstance(test.get(f"logloss_{t}"), float)
+                   and np.isfinite(test[f"logloss_{t}"])):
         y, p, mask = target_rows(target, preds.probs, preds.labels, preds.columns, preds.tasks)
         if mask is not None:
             y, p = y[mask], p[mask]
@@ -185,8 +188,10 @@ def _calibration(run: RunDir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 # ------------------------------------------------------------------------ tables
 def _summary_table(rows: list[dict], errors: dict, error_label: str, seeds: dict | None) -> dict:
-    metrics = [m for m in TABLE_METRICS if any(r.get(m) is not None for r in rows)]
-    header = ["exp", "status", "best step", *(f"{m} ({PROTOCOL_OF[m]})" if m in PROTOCOL_OF else m for m in metrics),
+    metrics = informative(rows, headline_metrics(metric_columns(rows), TABLE_FAMILIES))
+    labelled = any(is_topk(m) for m in metrics)  # both families: say which protocol each column is
+    header = ["exp", "status", "best step",
+              *(f"{m} ({'top-K' if is_topk(m) else 'CTR-style'})" if labelled else m for m in metrics),
               "precision (trained → scored)", "budget", "wall (s)"]
     body = []
     seed_stats = {e["exp_id"]: e["metrics"] for e in seeds["experiments"]} if seeds else {}
@@ -196,23 +201,30 @@ def _summary_table(rows: list[dict], errors: dict, error_label: str, seeds: dict
             value = r.get(m)
             if seeds and seed_stats.get(r["exp_id"], {}).get(m, {}).get("mean") is not None:
                 s = seed_stats[r["exp_id"]][m]
-                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f}")
-            elif value is None:
-                cells.append("")
+                cell = f"{s['mean']:.4f} ± {s['std']:.4f}"
+            elif value is None or np.isnan(value):
+                cell = ""
             elif (r["exp_id"], m) in errors:
                 low, high = errors[(r["exp_id"], m)]
-                cells.append(f"{value:.4f} [{low:.4f}, {high:.4f}]")
+                cell = f"{value:.4f} [{low:.4f}, {high:.4f}]"
             else:
-                cells.append(f"{value:.4f}")
+                cell = f"{value:.4f}"
+            cells.append(cell + (" !" if cell and applying(r.get("alarms") or [], m) else ""))
         cells.append(f"{r['train_precision']} → {r['score_precision']}" if r.get("train_precision") else "")
         cells += [r.get("budget") or "", str(r.get("wall_seconds") or "")]
         body.append(cells)
-    note = ("mean ± std over seeds" if seeds else f"test value [{error_label}]")
+    note = ("mean ± std over seeds" if seeds else f"test value [{error_label}]") + "; ! = a sanity alarm applies"
     return {"header": header, "rows": body, "note": note}
 
 
+def _alarm_table(rows: list[dict]) -> dict:
+    body = [[r["exp_id"], a["kind"], ", ".join(a["metrics"]), a["message"]] for r in rows for a in r.get("alarms") or []]
+    return {"header": ["exp", "alarm", "applies to", "what"], "rows": body,
+            "note": "numbers that usually mean a bug, not a result (thresholds: docs/experiments.md)"}
+
+
 def _delta_table(results: dict) -> dict:
-    header = ["comparison", "metric", "Δ", "95% interval", "p (DeLong)", "verdict"]
+    header = ["comparison", "metric", "Δ", "95% interval", "p (DeLong)", "verdict", "alarms"]
     body = []
     if results["seeds"]:
         header = ["comparison", "metric", "Δ mean ± std", "95% t-interval", "seeds significant", "verdict"]
@@ -228,10 +240,16 @@ def _delta_table(results: dict) -> dict:
             if m.get("verdict") in ("significant", "within noise"):
                 p = "n/a" if m["p_value"] is None else (f"{m['p_value']:.4f}" if m["p_value"] >= 1e-4 else "<1e-4")
                 body.append([c["title"], m["metric"], f"{m['delta']:+.4f}",
-                             f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]", p, m["verdict"]])
+                             f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]", p, m["verdict"], _alarms_cell(m)])
             else:
-                body.append([c["title"], m["metric"], "n/a", "n/a", "n/a", m.get("reason", "n/a")])
-    return {"header": header, "rows": body, "note": "paired bootstrap over the test rows; DeLong's test for AUCs"}
+                body.append([c["title"], m["metric"], "n/a", "n/a", "n/a", m.get("reason", "n/a"), _alarms_cell(m)])
+    return {"header": header, "rows": body,
+            "note": "paired bootstrap over the test rows (users for GAUC and top-K metrics); DeLong's test for "
+                    "AUCs only; a delta with an alarm is not a finding until the alarm is explained"}
+
+
+def _alarms_cell(stat: dict) -> str:
+    return "; ".join(f"! {a}" for a in stat.get("alarms") or [])
 
 
 # ------------------------------------------------------------------------ output
@@ -244,6 +262,8 @@ def _markdown(title: str, tables: dict, charts: list, directory: Path, oracle: d
     parts = [f"# Experiment report: {title}", "", "Generated by `recsmith report` from the run dirs; every number "
              "comes from them.", "", "## Summary (test split, best checkpoint)", "", f"_{tables['summary']['note']}_",
              "", table(tables["summary"]), ""]
+    if tables["alarms"]["rows"]:
+        parts += ["## Sanity alarms", "", f"_{tables['alarms']['note']}_", "", table(tables["alarms"]), ""]
     if oracle:
         parts += ["Oracle AUC (true probabilities): " + ", ".join(f"{k} {v:.4f}" for k, v in oracle.items()), ""]
     if tables["protocols"]["rows"]:
@@ -262,6 +282,8 @@ def _html(title: str, tables: dict, charts: list, oracle: dict) -> str:
         return f"<p class='note'>{html.escape(t['note'])}</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     sections = [f"<h2>Summary (test split, best checkpoint)</h2>{table(tables['summary'])}"]
+    if tables["alarms"]["rows"]:
+        sections.append(f"<h2>Sanity alarms</h2>{table(tables['alarms'])}")
     if oracle:
         sections.append("<p>Oracle AUC (true probabilities): " + html.escape(
             ", ".join(f"{k} {v:.4f}" for k, v in oracle.items())) + "</p>")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import datetime as dt
+import math
 import os
 import signal
 import subprocess
@@ -26,10 +27,13 @@ from recsmith.errors import ChainError
 from recsmith.experiments.chain import ResolvedChain, ResolvedExperiment, diff_from_base
 from recsmith.experiments.diagnosis import recognise, tail
 from recsmith.experiments.seeds import with_seed, write_seed_summary
-from recsmith.experiments.summary import build_summary, write_summary
+from recsmith.experiments.alarms import applying
+from recsmith.experiments.columns import PRIMARY, headline_metrics, informative
+from recsmith.experiments.summary import build_summary, metric_columns, oracle_values, write_summary
 from recsmith.run_dir import RunDir
 
 POLL_SECONDS = 0.5
+TABLE_FAMILIES = ("auc", "ndcg", "hr", "mrr", "loss")  # the printed table's metrics
 DEFAULT_TIMEOUT = 6 * 3600
 
 
@@ -235,24 +239,45 @@ class ChainRunner:
     def _report(self, rows: list[dict], paths) -> None:
         from rich.table import Table
 
-        table = Table(title=f"chain {self.chain.spec.name} (test split, best checkpoint)")
-        for column in ("exp", "status", "best_step", "auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "loss"):
-            table.add_column(column, justify="left" if column in ("exp", "status") else "right")
+        table = Table(title=f"chain {self.chain.spec.name} (test split, best checkpoint; "
+                            "* = the run's primary metric, ! = sanity alarm)")
+        metrics = table_metrics(rows)
+        for column in ("exp", "status", "best_step", *metrics):
+            table.add_column(column, justify="left" if column in ("exp", "status", "primary_key") else "right")
         for r in rows:
-            table.add_row(r["exp_id"], r["status"], str(r["best_step"] or ""),
-                          *(f"{r[c]:.4f}" if isinstance(r[c], float) else "" for c in
-                            ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "loss")))
+            table.add_row(r["exp_id"], r["status"], str(r.get("best_step") or ""), *(_table_cell(r, m) for m in metrics))
         self.console.print(table)
+        for r in rows:
+            for alarm in r.get("alarms") or []:
+                self.console.print(f"[bold red]alarm[/] {r['exp_id']}: {alarm['message']}", highlight=False)
         precisions = {r["exp_id"]: f"trained in {r['train_precision']}, scored in {r['score_precision']}"
                       for r in rows if r["train_precision"]}
         budgets = {r["exp_id"]: r["budget"] for r in rows if r["budget"]}
         for label, values in (("precision", precisions), ("budget", budgets)):
             for value in dict.fromkeys(values.values()):
                 self.console.print(f"{label} ({', '.join(e for e, v in values.items() if v == value)}): {value}")
-        oracle = next((r for r in rows if r.get("oracle_auc_ctr") is not None), None)
+        oracle = oracle_values(rows)
         if oracle:
-            self.console.print("oracle AUC: " + "  ".join(
-                f"{k.removeprefix('oracle_auc_')} {oracle[k]:.4f}" for k in
-                ("oracle_auc_ctr", "oracle_auc_cvr", "oracle_auc_ctcvr", "oracle_auc_cvr_entire")))
+            self.console.print("oracle AUC: " + "  ".join(f"{m.removeprefix('auc_')} {v:.4f}" for m, v in oracle.items()))
         for path in paths:
             self.console.print(f"wrote {display_path(path)}")
+
+
+def table_metrics(rows: list[dict]) -> list[str]:
+    """The metric columns of the table printed after a chain: each task's AUC, the top-K
+    metrics at the headline cutoff and the loss, none empty in every row; the primary
+    metric gets columns of its own only when some run's primary metric is not among them."""
+    shown = informative(rows, headline_metrics(metric_columns(rows), TABLE_FAMILIES))
+    keys = {r["primary_key"] for r in rows if r.get("primary_key")}
+    return shown if keys <= set(shown) else ["primary_key", PRIMARY, *shown]
+
+
+def _table_cell(row: dict, metric: str) -> str:
+    value = row.get(metric)
+    if metric == "primary_key":
+        return value or ""
+    if not isinstance(value, float) or math.isnan(value):
+        return ""
+    named = row.get("primary_key") if metric == PRIMARY else metric
+    return (f"{value:.4f}" + ("*" if metric == row.get("primary_key") else "")
+            + (" !" if applying(row.get("alarms") or [], named) else ""))

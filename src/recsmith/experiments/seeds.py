@@ -21,7 +21,8 @@ from pathlib import Path
 from recsmith.atomic import write_json_atomic, write_text_atomic
 from recsmith.errors import ChainError
 from recsmith.experiments.chain import ResolvedChain
-from recsmith.experiments.summary import METRIC_COLUMNS
+from recsmith.experiments.columns import ordered_metrics
+from recsmith.experiments.summary import metric_columns
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -91,8 +92,7 @@ def _experiment_stats(exp_id: str, summaries: dict) -> dict:
     rows = {seed: next((r for r in s["experiments"] if r["exp_id"] == exp_id), None) for seed, s in summaries.items()}
     ok = {seed: r for seed, r in rows.items() if r and r["status"] == "success"}
     return {"exp_id": exp_id, "succeeded": sorted(ok), "failed": sorted(set(rows) - set(ok)),
-            "metrics": {m: mean_std([r.get(m) for r in ok.values()]) for m in METRIC_COLUMNS
-                        if any(r.get(m) is not None for r in ok.values())}}
+            "metrics": {m: mean_std([r.get(m) for r in ok.values()]) for m in metric_columns(list(ok.values()))}}
 
 
 def _comparison_stats(comparison, summaries: dict) -> dict:
@@ -137,7 +137,8 @@ def _verdict(summary: dict, stats: list[dict]) -> str:
 
 
 def _csv(experiments: list[dict]) -> str:
-    columns = ["exp_id", "seeds_succeeded"] + [f"{m}_{k}" for m in METRIC_COLUMNS for k in ("mean", "std")]
+    metrics = ordered_metrics(m for e in experiments for m in e["metrics"])
+    columns = ["exp_id", "seeds_succeeded"] + [f"{m}_{k}" for m in metrics for k in ("mean", "std")]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()

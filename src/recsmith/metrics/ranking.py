@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 CTR_STYLE = ("auc_like", "gauc_like", "logloss_like")
+TOPK = ("hr", "ndcg", "precision")  # families with a cutoff; mrr has none
 
 
 def sequential_metric_names(cutoffs: list[int]) -> list[str]:
     """Every metric a sequential run reports (top-K family, then CTR-style)."""
-    return [f"{m}_{k}" for m in ("hr", "ndcg", "precision") for k in cutoffs] + ["mrr", *CTR_STYLE]
+    return [f"{m}_{k}" for m in TOPK for k in cutoffs] + ["mrr", *CTR_STYLE]
 
 
 def target_ranks(scores: torch.Tensor, target: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,16 +35,28 @@ def target_ranks(scores: torch.Tensor, target: torch.Tensor, excluded: torch.Ten
     return 1.0 + higher.sum(1).double() + (tied.sum(1).double() - 1.0) / 2.0
 
 
+def per_target(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Each prediction's value of a top-K metric ("hr_10", "ndcg_10", "precision_10", "mrr")
+    from 1-based target ranks; the metric is their mean. Per-user values (one target per
+    user) are what a paired bootstrap over users resamples."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if metric == "mrr":
+        return 1.0 / ranks
+    family, _, cutoff = metric.partition("_")
+    if family not in TOPK or not cutoff.isdigit():
+        raise ValueError(f"'{metric}' is not a top-K metric (hr_K, ndcg_K, precision_K or mrr)")
+    hit = ranks <= int(cutoff)
+    if family == "hr":
+        return hit.astype(np.float64)
+    if family == "precision":
+        return hit / int(cutoff)
+    return np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
 def topk_metrics(ranks: np.ndarray, cutoffs: list[int]) -> dict[str, float]:
     """HR, NDCG and Precision at each cutoff and MRR from 1-based target ranks."""
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         return {}
-    out: dict[str, float] = {}
-    for k in cutoffs:
-        hit = ranks <= k
-        out[f"hr_{k}"] = float(hit.mean())
-        out[f"ndcg_{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
-        out[f"precision_{k}"] = out[f"hr_{k}"] / k
-    out["mrr"] = float((1.0 / ranks).mean())
-    return out
+    names = [f"{m}_{k}" for k in cutoffs for m in TOPK] + ["mrr"]
+    return {name: float(per_target(ranks, name).mean()) for name in names}

@@ -42,6 +42,7 @@ class EvalSplit:
     excluded: tuple[np.ndarray, np.ndarray]  # (row, item) pairs of visible-history items
     rows: dict[str, np.ndarray]  # candidate rows: event, item_id, like
     user_of_row: np.ndarray
+    user_of_target: np.ndarray  # [N] whose target each event is (pairs two runs' per-user ranks)
 
     @classmethod
     def build(cls, dataset: SequenceDataset, split: str, sampled_negatives: int, seed: int) -> "EvalSplit":
@@ -58,17 +59,18 @@ class EvalSplit:
         keep = item != log.item[events][row]  # never exclude the target itself
         rows = dataset.candidates(split, ["event", "item_id", "like"])
         return cls(events, log.item[events], sample_unrated(log, log.user[events], sampled_negatives, rng),
-                   (row[keep], item[keep]), rows, log.user[rows["event"]])
+                   (row[keep], item[keep]), rows, log.user[rows["event"]], log.user[events])
 
 
 @torch.no_grad()
 def evaluate_sequential(scorer: Scorer, split: EvalSplit, topk_cfg, with_topk: bool = True,
-                        keep_scores: Callable[[np.ndarray], None] | None = None) -> dict[str, float]:
+                        keep_scores: Callable[[np.ndarray, np.ndarray | None], None] | None = None) -> dict[str, float]:
     """All metrics of one split (see the module docstring); keys as in
     recsmith.metrics.ranking.sequential_metric_names, plus `loss`. `keep_scores` receives
-    the candidate rows' scores the CTR-style metrics were computed from (to save them)."""
+    what the metrics were computed from (to save them): the candidate rows' scores (the
+    CTR-style metrics) and each target's rank (the top-K metrics; None without them)."""
     out: dict[str, float] = {}
-    full = None
+    full, ranks = None, None
     if scorer.objective == "softmax" or (with_topk and topk_cfg.protocol == "full"):
         full = scorer.score(split.events, None).double()  # [N, I]: items 1..I
     target_col = torch.from_numpy(split.targets - 1)
@@ -79,17 +81,18 @@ def evaluate_sequential(scorer: Scorer, split: EvalSplit, topk_cfg, with_topk: b
         if topk_cfg.exclude_history:
             excluded = torch.zeros(full.shape, dtype=torch.bool)
             excluded[torch.from_numpy(split.excluded[0]), torch.from_numpy(split.excluded[1] - 1)] = True
-        out.update(topk_metrics(target_ranks(full, target_col, excluded).numpy(), topk_cfg.cutoffs))
+        ranks = target_ranks(full, target_col, excluded).numpy()
     elif with_topk:  # the target in column 0 among the sampled never-rated items
         candidates = np.concatenate([split.targets[:, None], split.sampled], axis=1)
         scores = (full.gather(1, torch.from_numpy(candidates - 1)) if full is not None
                   else scorer.score(split.events, candidates).double())
-        out.update(topk_metrics(target_ranks(scores, torch.zeros(len(candidates), dtype=torch.long)).numpy(),
-                                topk_cfg.cutoffs))
+        ranks = target_ranks(scores, torch.zeros(len(candidates), dtype=torch.long)).numpy()
+    if ranks is not None:
+        out.update(topk_metrics(ranks, topk_cfg.cutoffs))
     rows = split.rows
     scores = scorer.score(rows["event"], rows["item_id"][:, None]).double().view(-1).numpy()
     if keep_scores is not None:
-        keep_scores(scores)
+        keep_scores(scores, ranks)
     like = rows["like"].astype(np.float64)
     out["auc_like"] = auc(like, scores)
     out["gauc_like"] = gauc(like, scores, split.user_of_row)

@@ -1,6 +1,8 @@
 """A run's test predictions, kept in its run dir (`predictions_test.npz`) so that
 comparisons between runs (paired bootstrap intervals, DeLong's test) can be computed
-later from run dirs alone, on exactly the rows and scores the metrics were computed on."""
+later from run dirs alone, on exactly the rows and scores the metrics were computed on.
+Next-item runs also keep each test user's target rank (`target_ranks_test.npz`), what
+their top-K metrics (NDCG, HR, MRR) are computed from."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from recsmith.atomic import replace_atomically
 from recsmith.tasks import TaskSpec
 
 KEPT_COLUMNS = ("user", "conversion_if_clicked")  # GAUC groups; the synthetic counterfactual
+RANKS_FILE = "target_ranks_test.npz"
 
 
 @dataclass
@@ -37,7 +40,10 @@ def save_predictions(path: str | Path, probs: Mapping[str, np.ndarray], labels: 
     arrays.update({f"column__{name}": np.asarray(columns[name]) for name in KEPT_COLUMNS if name in columns})
     meta = {"tasks": {name: spec.to_json() for name, spec in tasks.items()}, "dataset": dataset}
     arrays["meta"] = np.array(json.dumps(meta))
+    _write_npz(path, arrays)
 
+
+def _write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
@@ -56,3 +62,25 @@ def load_predictions(path: str | Path) -> Predictions:
     tasks = {name: TaskSpec(**spec) for name, spec in meta["tasks"].items()}
     return Predictions({h: p.astype(np.float64) for h, p in grouped["prob"].items()}, grouped["label"],
                        grouped["column"], tasks, meta["dataset"])
+
+
+@dataclass
+class TargetRanks:
+    ranks: np.ndarray  # [N] float64 1-based rank of each user's target, ties counted half
+    users: np.ndarray  # [N] the user of each target (pairs two runs' ranks)
+    dataset: str
+
+
+def ranks_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RANKS_FILE
+
+
+def save_target_ranks(path: str | Path, ranks: np.ndarray, users: np.ndarray, dataset: str) -> None:
+    arrays = {"ranks": np.asarray(ranks, dtype=np.float64), "users": np.asarray(users),
+              "meta": np.array(json.dumps({"dataset": dataset}))}
+    _write_npz(path, arrays)
+
+
+def load_target_ranks(path: str | Path) -> TargetRanks:
+    with np.load(path, allow_pickle=False) as data:
+        return TargetRanks(data["ranks"], data["users"], json.loads(str(data["meta"]))["dataset"])

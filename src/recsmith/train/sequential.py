@@ -20,7 +20,7 @@ from recsmith.train.evaluate_sequential import (
     evaluate_sequential,
 )
 from recsmith.train.losses import MultiTaskLoss, NextItemLoss
-from recsmith.train.predictions import save_predictions
+from recsmith.train.predictions import ranks_path, save_predictions, save_target_ranks
 from recsmith.train.sequential_data import CandidateData, WindowData
 
 
@@ -82,11 +82,13 @@ class SequentialSetup:
                 "protocol": protocol_label(self.cfg)}
 
 
-def keep_candidate_scores(run, objective: str, split: EvalSplit, dataset_dir, scores: np.ndarray) -> None:
+def keep_candidate_scores(run, objective: str, split: EvalSplit, dataset_dir, scores: np.ndarray,
+                          ranks: np.ndarray | None) -> None:
     """The candidate rows' scores as predictions_test.npz, so chains compare AUC / GAUC (and,
     for BCE models, LogLoss) with intervals. BCE models keep their probability; other scores
     (softmax logits, counts) are kept as their rank among the rows scaled into (0, 1): a
-    sigmoid would round large scores to the same float32 1.0 and create ties AUC then reads."""
+    sigmoid would round large scores to the same float32 1.0 and create ties AUC then reads.
+    Each user's target rank goes to target_ranks_test.npz, so top-K deltas get intervals too."""
     rows = split.rows
     if objective == "bce":
         kept = 1.0 / (1.0 + np.exp(-scores))
@@ -95,3 +97,5 @@ def keep_candidate_scores(run, objective: str, split: EvalSplit, dataset_dir, sc
         kept = (rank + 1.0) / (len(distinct) + 1.0)
     save_predictions(run.predictions, {"like": kept}, {"like": rows["like"]},
                      {"user": split.user_of_row}, {"like": LIKE}, str(dataset_dir))
+    if ranks is not None:
+        save_target_ranks(ranks_path(run.path), ranks, split.user_of_target, str(dataset_dir))
