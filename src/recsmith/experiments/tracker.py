@@ -3,6 +3,8 @@
 Appends are safe when several processes finish at once: the file is locked (flock) for
 the whole read-extend-write, and a row bringing a column the file does not have yet
 rewrites the file, atomically, with the wider header (older rows get empty cells).
+Columns: FIRST_COLUMNS, the other settings sorted, then the metrics in the summary's
+order (recsmith.experiments.columns), whatever the tasks are called.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from pathlib import Path
 
 from recsmith.atomic import write_text_atomic
+from recsmith.experiments.columns import ORACLE, ordered_metrics, split_name
 
 FIRST_COLUMNS = ("run_id", "time", "name", "status", "duration_s", "config_hash", "run_dir")
 DEFAULT_PATH = Path("runs") / "experiment_tracker.csv"
@@ -46,7 +49,7 @@ def key_hyperparameters(cfg) -> dict:
 
 
 def append_row(path: str | Path, row: dict) -> None:
-    """Append one run's row (columns in FIRST_COLUMNS order, then sorted)."""
+    """Append one run's row (columns in the order the module docstring gives)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(path.name + ".lock")
@@ -85,7 +88,9 @@ def _header_of(path: Path) -> list[str]:
 
 def _order(columns: list[str]) -> list[str]:
     first = [c for c in FIRST_COLUMNS if c in columns]
-    return first + sorted(c for c in columns if c not in FIRST_COLUMNS)
+    metrics = [c for c in columns if c not in FIRST_COLUMNS and (split_name(c)[0] or c.startswith(ORACLE))]
+    rest = sorted(c for c in columns if c not in FIRST_COLUMNS and c not in metrics)
+    return first + rest + ordered_metrics(metrics)
 
 
 def _cells(row: dict) -> dict:
