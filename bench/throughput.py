@@ -121,11 +121,10 @@ def build_trainer(cfg, dataset_dir: Path):
     """A Trainer on the real data path (evaluation never called) and its stream."""
     from recsmith.data.batches import TrainStream
     from recsmith.data.schema import DatasetSchema
+    from recsmith.families.ranking.setup import load_training_data, ranking_loss
     from recsmith.models.ranking import build_model
     from recsmith.run_dir import RunDir
-    from recsmith.train.losses import build_loss
     from recsmith.train.precision import resolve_precision
-    from recsmith.train.run import load_training_data
     from recsmith.train.trainer import Trainer
 
     schema = DatasetSchema.load(dataset_dir)
@@ -133,7 +132,7 @@ def build_trainer(cfg, dataset_dir: Path):
     model = build_model(schema, cfg)
     stream = TrainStream(train, cfg.data.batch_size, seed=cfg.runtime.seed, label=schema.tasks[0].label)
     device = torch.device("cpu")
-    trainer = Trainer(cfg, RunDir(tempfile.mkdtemp()), model, build_loss(cfg, schema.task_specs), stream,
+    trainer = Trainer(cfg, RunDir(tempfile.mkdtemp()), model, ranking_loss(cfg, schema.task_specs), stream,
                       None, device, resolve_precision(cfg.runtime.amp, device))
     return trainer, stream
 

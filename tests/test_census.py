@@ -344,7 +344,7 @@ def test_the_shipped_mmoe_config_trains_both_tasks_on_the_fixture(raw, tmp_path)
         "runtime.max_train_steps": 200, "lr_scheduler.total_steps": 200, "lr_scheduler.warmup_steps": 10,
         "runtime.eval_every_steps": 50, "runtime.log_every_steps": 50, "runtime.device": "cpu",
     })
-    assert cfg.model.mtl == "mmoe" and not cfg.use_esmm and cfg.data.source == "census_income"
+    assert cfg.model.mtl == "mmoe" and not cfg.model.esmm.enabled and cfg.data.source == "census_income"
     result = train_run(cfg, tmp_path / "run")
     test = result["test"]
     # against the fixture's own rules scored on the test rows: age < 25 for never married,

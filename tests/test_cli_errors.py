@@ -80,7 +80,7 @@ def test_chain_validate_prints_locked_fields_and_diffs():
     assert "7 experiments, all valid" in result.stdout
     assert "✓ data.batch_size: 1024" in result.stdout
     assert "model.mtl: 'sharedbottom' → 'mmoe'" in result.stdout
-    assert "model.ple.hetero_enabled: False → True" in result.stdout
+    assert "model.ple.hetero_enabled: (absent) → True" in result.stdout  # E5's own section
 
 
 @pytest.mark.parametrize("args, expected", [

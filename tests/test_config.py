@@ -24,9 +24,9 @@ def error_of(path, overrides=None) -> str:
 
 def test_extends_merges_parents_then_child_then_overrides(tmp_path):
     cfg = load_experiment(E3, parse_overrides(["model.mmoe.num_experts=6", "runtime.seed=7"]))
-    assert cfg.model.mtl == "mmoe" and cfg.use_esmm  # from E3 itself
+    assert cfg.model.mtl == "mmoe" and cfg.model.esmm.enabled  # from E3 itself
     assert cfg.model.deep_hidden_dims == [256, 128]  # from the base
-    assert cfg.model.mmoe.num_experts == 6 and cfg.runtime.seed == 7  # from --set
+    assert cfg.model.section("mmoe").num_experts == 6 and cfg.runtime.seed == 7  # from --set
     assert cfg.lr_scheduler.total_steps == cfg.runtime.max_train_steps
 
 
@@ -50,7 +50,8 @@ def test_unknown_key_suggests_the_right_one(tmp_path):
 def test_wrong_type_names_key_and_value():
     assert "runtime.max_train_steps: expected a whole number, got 'many'" in \
         error_of(E3, {"runtime.max_train_steps": "many"})
-    assert "use_esmm: expected true or false, got 'yes please'" in error_of(E3, {"use_esmm": "yes please"})
+    assert "model.esmm.enabled: expected true or false, got 'yes please'" in \
+        error_of(E3, {"model.esmm.enabled": "yes please"})
 
 
 def test_value_out_of_range():
@@ -65,9 +66,10 @@ def test_unknown_structure_lists_choices_and_suggests():
 
 
 def test_cross_field_rules():
-    assert "ESMM needs model.enabled_heads [ctr, cvr]" in \
-        error_of(E3, {"model.enabled_heads": ["ctr"], "model.tasks": ["ctr"], "model.mtl": "single"})
-    assert "esmm.lambda_cvr_aux: ESMM v1 has no auxiliary CVR loss" in error_of(E3, {"esmm.version": "v1"})
+    assert "model.esmm.enabled: ESMM trains a funnel pair of two heads" in \
+        error_of(E3, {"model.enabled_heads": ["ctr"], "model.mtl": "single"})
+    assert "model.mtl 'single' takes 1 head, got model.enabled_heads ['ctr', 'cvr']" in error_of(E3, {"model.mtl": "single"})
+    assert "model.esmm.lambda_cvr_aux: ESMM v1 has no auxiliary CVR loss" in error_of(E3, {"model.esmm.version": "v1"})
     assert "runtime.best_selection.primary_key: 'auc_cvrr' is not a metric" in \
         error_of(E3, {"runtime.best_selection.primary_key": "auc_cvrr"})
     assert "lr_scheduler.total_steps (10) is shorter than runtime.max_train_steps" in \
@@ -93,3 +95,21 @@ def test_file_problems(tmp_path):
     assert "circular extends" in error_of(a)
     with pytest.raises(ConfigError, match="'runtime.seed' is a value, not a section"):
         load_experiment(E3, {"runtime.seed.x": 1})
+
+
+def test_configs_written_before_esmm_moved_still_load(tmp_path):
+    """use_esmm / esmm at the top level and model.tasks: what run dirs and bundles made before
+    hold; read with the keys in their new places (model.esmm, model.enabled_heads)."""
+    old = write(tmp_path / "old.yaml", {"use_esmm": True, "esmm": {"lambda_cvr_aux": 0.3}, "runtime": {
+        "best_selection": {"primary_key": "auc_ctcvr"}}, "model": {"mtl": "mmoe", "enabled_heads": ["ctr", "cvr"],
+                                                                   "tasks": ["ctr", "cvr"]}})
+    cfg = load_experiment(old)
+    assert cfg.model.esmm.enabled and cfg.model.esmm.lambda_cvr_aux == 0.3
+    assert "use_esmm" not in cfg.model_dump() and "tasks" not in cfg.model_dump()["model"]
+    assert "model.tasks ['ctr'] differs from model.enabled_heads" in error_of(old, {"model.tasks": ["ctr"]})
+
+
+def test_a_section_belongs_to_a_structure_with_settings():
+    assert "model.mmeo: unknown key (did you mean 'mmoe'?)" in error_of(E3, {"model.mmeo": {"num_experts": 2}})
+    assert "model.sharedbottom: unknown key" in error_of(E3, {"model.sharedbottom": {"x": 1}})
+    assert "model.ple.gate_type: unknown gate type" in error_of(E3, {"model.ple.gate_type": "softmaxx"})

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from recsmith.tasks import FUNNEL_TASKS
+from recsmith.tasks import FUNNEL_TASKS, FunnelPair
 from recsmith.train.losses import ESMMLoss, MultiTaskLoss, bce_from_log_prob, log1mexp
 
 CTR, CVR = FUNNEL_TASKS
@@ -35,12 +35,12 @@ def test_esmm_v2_loss_matches_a_hand_computation():
     logits = {"ctr": torch.tensor(ctr, dtype=torch.float64), "cvr": torch.tensor(cvr, dtype=torch.float64)}
     labels = {"click": torch.tensor(click, dtype=torch.float64),
               "conversion": torch.tensor(conversion, dtype=torch.float64)}
-    total, terms = ESMMLoss(CTR, CVR, lam)(logits, labels)
+    total, terms = ESMMLoss(FunnelPair(CTR, CVR), lam)(logits, labels)
     assert terms["loss_ctr"].item() == pytest.approx(loss_ctr, rel=1e-12)
     assert terms["loss_ctcvr"].item() == pytest.approx(loss_ctcvr, rel=1e-10)
     assert terms["loss_cvr_aux"].item() == pytest.approx(loss_aux, rel=1e-12)
     assert total.item() == pytest.approx(expected, rel=1e-10)
-    v1_total, v1_terms = ESMMLoss(CTR, CVR, 0.0)(logits, labels)
+    v1_total, v1_terms = ESMMLoss(FunnelPair(CTR, CVR), 0.0)(logits, labels)
     assert "loss_cvr_aux" not in v1_terms
     assert v1_total.item() == pytest.approx(loss_ctr + loss_ctcvr, rel=1e-10)
 
@@ -65,6 +65,6 @@ def test_log_space_ctcvr_is_stable_and_has_finite_gradients_at_the_extremes():
     assert torch.isfinite(log_p.grad).all()
     # saturated logits: p_ctcvr rounds to 1 in float32, the loss stays finite
     logits = {"ctr": torch.tensor([40.0, -40.0], requires_grad=True), "cvr": torch.tensor([40.0, 40.0], requires_grad=True)}
-    total, _ = ESMMLoss(CTR, CVR, 0.1)(logits, {"click": torch.tensor([0.0, 1.0]), "conversion": torch.tensor([0.0, 1.0])})
+    total, _ = ESMMLoss(FunnelPair(CTR, CVR), 0.1)(logits, {"click": torch.tensor([0.0, 1.0]), "conversion": torch.tensor([0.0, 1.0])})
     total.backward()
     assert torch.isfinite(total) and all(torch.isfinite(v.grad).all() for v in logits.values())

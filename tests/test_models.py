@@ -11,7 +11,7 @@ from recsmith.models.layers.embedding import FeatureEmbedding
 from recsmith.models.layers.fm import FMInteraction
 from recsmith.models.ranking import build_model
 from recsmith.tasks import FUNNEL_TASKS
-from recsmith.train.losses import build_loss
+from recsmith.families.ranking.setup import ranking_loss
 
 SCHEMA = DatasetSchema(
     name="toy", source="test",
@@ -27,17 +27,18 @@ HETERO = {
                 "specific": {"ctr": [{"type": "crossnet_v2", "num_layers": 1}],
                              "cvr": [{"type": "mlp", "hidden_dims": [8]}]}},
 }
+ESMM = {"enabled": True}
 STRUCTURES = {
-    "single_ctr": {"model": {"mtl": "single", "enabled_heads": ["ctr"], "tasks": ["ctr"]}},
-    "single_cvr": {"model": {"mtl": "single", "enabled_heads": ["cvr"], "tasks": ["cvr"]},
+    "single_ctr": {"model": {"mtl": "single", "enabled_heads": ["ctr"]}},
+    "single_cvr": {"model": {"mtl": "single", "enabled_heads": ["cvr"]},
                    "runtime": {"best_selection": {"primary_key": "auc_cvr"}}},
     "sharedbottom": {"model": {"mtl": "sharedbottom"}},
-    "sharedbottom_esmm": {"model": {"mtl": "sharedbottom"}, "use_esmm": True},
-    "mmoe": {"model": {"mtl": "mmoe", "mmoe": {"num_experts": 3, "expert_hidden_dims": [16]}}, "use_esmm": True},
+    "sharedbottom_esmm": {"model": {"mtl": "sharedbottom", "esmm": ESMM}},
+    "mmoe": {"model": {"mtl": "mmoe", "mmoe": {"num_experts": 3, "expert_hidden_dims": [16]}, "esmm": ESMM}},
     "mmoe_mlp_gate": {"model": {"mtl": "mmoe", "mmoe": {"num_experts": 2, "gate_type": "mlp"}}},
-    "ple": {"model": {"mtl": "ple", "ple": {"shared_num_experts": 2, "expert_hidden_dims": [16]}}, "use_esmm": True},
-    "ple_two_levels": {"model": {"mtl": "ple", "ple": {"num_levels": 2, "expert_hidden_dims": [16]}}, "use_esmm": True},
-    "ple_hetero": {"model": {"mtl": "ple", "ple": HETERO}, "use_esmm": True},
+    "ple": {"model": {"mtl": "ple", "ple": {"shared_num_experts": 2, "expert_hidden_dims": [16]}, "esmm": ESMM}},
+    "ple_two_levels": {"model": {"mtl": "ple", "ple": {"num_levels": 2, "expert_hidden_dims": [16]}, "esmm": ESMM}},
+    "ple_hetero": {"model": {"mtl": "ple", "ple": HETERO, "esmm": ESMM}},
 }
 
 
@@ -90,7 +91,7 @@ def test_gates_are_distributions(name):
 def test_gradient_reaches_every_parameter(name):
     cfg, model = make(name)
     sparse, dense, labels = toy_batch(n=256)
-    total, _ = build_loss(cfg, SCHEMA.task_specs)(model(sparse, dense), labels)
+    total, _ = ranking_loss(cfg, SCHEMA.task_specs)(model(sparse, dense), labels)
     total.backward()
     for pname, param in model.named_parameters():
         assert param.grad is not None, f"{pname} got no gradient"

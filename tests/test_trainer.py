@@ -9,7 +9,8 @@ from recsmith.config.loader import validate_experiment
 from recsmith.errors import TrainingError
 from recsmith.data.schema import DatasetSchema
 from recsmith.data.sources import resolve_dataset
-from recsmith.train.run import load_training_data, train_run
+from recsmith.families.ranking.setup import load_training_data
+from recsmith.train.run import train_run
 from recsmith.train.trainer import BestTracker
 
 from conftest import tiny_experiment
@@ -43,7 +44,7 @@ def test_a_nan_loss_stops_training_with_a_clear_error(tmp_path, monkeypatch):
 def test_clicked_subset_trains_on_clicks_only():
     cfg = validate_experiment(tiny_experiment(**{
         "data.train_subset": "clicked", "model.mtl": "single", "model.enabled_heads": ["cvr"],
-        "model.tasks": ["cvr"], "runtime.best_selection.primary_key": "auc_cvr"}))
+        "runtime.best_selection.primary_key": "auc_cvr"}))
     dataset_dir = resolve_dataset(cfg.data)
     train, valid = load_training_data(cfg, dataset_dir, DatasetSchema.load(dataset_dir))
     assert bool((train.labels["click"] == 1).all())
@@ -53,7 +54,7 @@ def test_clicked_subset_trains_on_clicks_only():
 def test_bf16_autocast_on_cpu_trains_to_finite_metrics(tmp_path):
     cfg = validate_experiment(tiny_experiment(**{"runtime.amp": True, "runtime.max_train_steps": 10,
                                                  "lr_scheduler.total_steps": 10, "runtime.eval_every_steps": 10,
-                                                 "model.mtl": "mmoe", "use_esmm": True}))
+                                                 "model.mtl": "mmoe", "model.esmm.enabled": True}))
     result = train_run(cfg, tmp_path / "run")
     assert all(math.isfinite(result["test"][k]) for k in ("auc_ctr", "auc_cvr", "auc_ctcvr", "loss"))
     env = (tmp_path / "run" / "env.json").read_text()

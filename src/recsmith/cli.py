@@ -286,8 +286,9 @@ def sweep(sweep_file: Path = typer.Argument(..., help="Sweep file (YAML): base c
 def chain_validate(chain: Path = typer.Argument(..., help="Chain file (YAML)."),
                    set_: Optional[List[str]] = SetOption) -> None:
     """Check every experiment of a chain and that locked fields agree; print each diff from the base."""
+    from recsmith.config.diff import flatten
     from recsmith.config.loader import get_dotted
-    from recsmith.experiments.chain import diff_from_base, flatten, load_chain
+    from recsmith.experiments.chain import diff_from_base, load_chain
 
     resolved = load_chain(chain, _overrides(set_))
     base = resolved.base.model_dump(mode="json")

@@ -31,6 +31,10 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         return name in self._items
 
+    def lookup(self, name: str) -> T | None:
+        """The entry called `name`, or None."""
+        return self._items.get(name)
+
     def unknown(self, name: str) -> str:
         return (
             f"unknown {self.what} '{name}' (choose from {', '.join(self.names())})"

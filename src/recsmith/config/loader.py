@@ -48,6 +48,9 @@ def load_with_extends(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[d
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError(f"circular extends: {chain}")
     raw = read_yaml(path)
+    if isinstance(raw.get("plugins"), list):  # a plug-in file is relative to the config that lists it
+        raw["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) and p.endswith(".py") else p
+                          for p in raw["plugins"]]
     parents = raw.pop("extends", None) or []
     if isinstance(parents, str):
         parents = [parents]
@@ -158,8 +161,59 @@ def validate_model(model: type[M], data: Any, provenance: Provenance | None = No
 
 
 def validate_experiment(data: dict, provenance: Provenance | None = None) -> ExperimentConfig:
-    """An ExperimentConfig from a merged dict, or one ConfigError line per problem."""
-    return validate_model(ExperimentConfig, data, provenance)
+    """An ExperimentConfig from a merged dict, or one ConfigError line per problem: the
+    plug-ins imported, the common sections validated, then `model:` by its family (with
+    the sections of its components), the family's cross-field rules and the primary key."""
+    from recsmith.plugins import family, load_plugins
+
+    provenance = {} if provenance is None else provenance
+    data = migrate_legacy_keys(copy.deepcopy(data), provenance)
+    load_plugins(_plugin_entries(data.get("plugins", [])))
+    cfg = validate_model(ExperimentConfig, data, provenance)
+    owner = family(cfg.model.family)
+    cfg.model = owner.validate(data.get("model") or {}, provenance)
+    owner.check(cfg)
+    cfg.check_primary_key(*owner.selectable_metrics(cfg))
+    return cfg
+
+
+def _plugin_entries(entries: Any) -> list[str]:
+    """`plugins` as absolute file paths (relative ones: to the working directory; a config
+    file's own are made absolute when it is read) or module names."""
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError(f"plugins: expected a list of Python files or module names, got {entries!r}")
+    return [str(Path(e).expanduser().resolve()) if e.endswith(".py") else e for e in entries]
+
+
+# keys read from configs written before they moved: old name -> new dotted name
+LEGACY_KEYS = {"use_esmm": "model.esmm.enabled", "esmm": "model.esmm"}
+
+
+def migrate_legacy_keys(data: dict, provenance: Provenance) -> dict:
+    """Configs (and bundles, run dirs) written before ESMM moved under `model.esmm` and
+    before the heads were listed once: their keys moved in place, so they still load."""
+    model = data.get("model")
+    if isinstance(model, dict) and "tasks" in model:
+        tasks = model.pop("tasks")
+        if tasks != model.get("enabled_heads", tasks):
+            raise ConfigError(f"model.tasks {tasks} differs from model.enabled_heads {model['enabled_heads']}: the "
+                              "heads are listed once now, in model.enabled_heads; remove model.tasks")
+        model.setdefault("enabled_heads", tasks)
+    for old, new in LEGACY_KEYS.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        node = data.setdefault("model", {})
+        *parents, leaf = new.split(".")[1:]
+        for part in parents:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = {**value, **node[leaf]}  # the new place wins
+        else:
+            node.setdefault(leaf, value)
+        for key in [k for k in provenance if k == old or k.startswith(old + ".")]:
+            provenance[new + key[len(old):]] = provenance.pop(key)
+    return data
 
 
 def load_experiment(path: str | Path, overrides: Mapping[str, Any] | None = None,

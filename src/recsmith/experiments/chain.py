@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from recsmith.config.diff import flatten
+from recsmith.config.diff import differences
 from recsmith.config.loader import (
     Provenance, display_path, get_dotted, load_with_extends, resolve_experiment, source_of, validate_model,
 )
@@ -140,10 +140,10 @@ def _resolve(config_file: Path, overrides, chain_set, chain_source: str, label: 
 
 def check_locked_fields(chain: ResolvedChain) -> None:
     base = chain.base.model_dump(mode="json")
-    known = ExperimentConfig().model_dump(mode="json")
+    configs = [base] + [exp.config.model_dump(mode="json") for exp in chain.experiments]  # what the keys can be
     problems = []
     for key in chain.spec.locked_fields:
-        if get_dotted(known, key, _MISSING) is _MISSING:
+        if all(get_dotted(config, key, _MISSING) is _MISSING for config in configs):
             problems.append(f"locked_fields: '{key}' is not a config key")
             continue
         expected = get_dotted(base, key)
@@ -162,7 +162,7 @@ _MISSING = object()
 
 
 def diff_from_base(chain: ResolvedChain, exp: ResolvedExperiment) -> list[tuple[str, Any, Any]]:
-    """(dotted key, base value, experiment value) for every leaf that differs."""
-    base, mine = flatten(chain.base.model_dump(mode="json")), flatten(exp.data)
-    keys = sorted((set(base) | set(mine)) - {"name", "description"})
-    return [(k, base.get(k), mine.get(k)) for k in keys if base.get(k) != mine.get(k)]
+    """(dotted key, base value, experiment value) for every leaf that differs; a section only
+    one of them has (a structure's own) shows `(absent)` on the other side."""
+    diff = differences(chain.base.model_dump(mode="json"), exp.data)
+    return [(k, old, new) for k, (old, new) in diff.items() if k not in ("name", "description")]

@@ -43,7 +43,7 @@ from recsmith.config.loader import dump_yaml, load_with_extends, resolve_experim
 from recsmith.env_info import busy_cpu_seconds
 from recsmith.errors import ChainError, ConfigError
 from recsmith.experiments.summary import run_status
-from recsmith.metrics.funnel import lower_is_better
+from recsmith.metrics.direction import lower_is_better
 from recsmith.run_dir import RunDir
 
 

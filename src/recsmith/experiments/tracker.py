@@ -35,10 +35,11 @@ def config_hash(config: dict) -> str:
 
 def key_hyperparameters(cfg) -> dict:
     """The settings a reader scans a tracker for."""
+    from recsmith.plugins import family_of
+
     return {
-        "model.mtl": cfg.model.mtl,
-        "model.enabled_heads": "+".join(cfg.model.enabled_heads),
-        "use_esmm": cfg.use_esmm,
+        "model.family": cfg.model.family,
+        **family_of(cfg).key_hyperparameters(cfg),
         "data.batch_size": cfg.data.batch_size,
         "optim.dense.lr": cfg.optim.dense.lr,
         "optim.sparse.lr": cfg.optim.sparse.lr,

@@ -1,15 +1,15 @@
-"""Funnel metrics of one evaluation: CTR, CVR, CTCVR and, on synthetic data, the truth.
+"""Metrics of one evaluation per head, the funnel's composed target, and on synthetic data
+the truth. Named by head, so any task names work; the funnel targets are found by the
+tasks' roles (recsmith.tasks.funnel_pair), shown here for the funnel's ctr → cvr:
 
-Names (all computed on the evaluated split):
-  auc_ctr, gauc_ctr, logloss_ctr, calibration_ctr   p_ctr vs click, all impressions
-  auc_cvr, gauc_cvr, logloss_cvr, calibration_cvr   p_cvr vs conversion, clicked rows
-  auc_cvr_masked                                    p_cvr on the rows whose CVR label is
-                                                    observed (the task's label mask; on
-                                                    funnel data this is the clicked set,
-                                                    so it equals auc_cvr)
+  auc_ctr, gauc_ctr, logloss_ctr, calibration_ctr   a head's p vs its label, on the rows
+  auc_cvr, gauc_cvr, logloss_cvr, calibration_cvr   where the label is observed (cvr: clicks)
+  auc_cvr_masked                                    the second task's p on the rows whose
+                                                    label is observed (= auc_cvr on funnel
+                                                    data, kept under its seed-document name)
   auc_ctcvr, gauc_ctcvr, logloss_ctcvr, calibration_ctcvr
-                                                    p_ctr·p_cvr vs click·conversion, all
-                                                    impressions (needs both heads)
+                                                    the composed p_ctr·p_cvr vs click·conversion,
+                                                    all impressions (needs both heads)
   auc_cvr_entire     synthetic only: p_cvr vs the counterfactual conversion outcome
                      (drawn from the true CVR) of every impression, clicked or not
   oracle_auc_*       synthetic only: the same AUCs scored with the true probabilities,
@@ -18,35 +18,39 @@ Names (all computed on the evaluated split):
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from recsmith.metrics.auc import auc, gauc
 from recsmith.metrics.classification import calibration, logloss
-from recsmith.tasks import TaskSpec, esmm_pair
+from recsmith.tasks import COMPOSED, TaskSpec, funnel_pair
 
 PER_TASK = ("auc", "gauc", "logloss", "calibration")
+ENTIRE_TRUTH = "conversion_if_clicked"  # the synthetic funnel's counterfactual second-task outcome
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric == "loss" or metric.startswith("logloss_")
-
-
-def metric_names(heads: list[str], synthetic: bool) -> list[str]:
-    """Every metric an experiment with these heads reports (besides loss / auc_primary)."""
-    targets = list(heads) + (["ctcvr"] if {"ctr", "cvr"} <= set(heads) else [])
+def metric_names(heads: list[str], synthetic: bool, tasks: Mapping[str, TaskSpec] | None = None) -> list[str]:
+    """Every metric an experiment with these heads reports (besides loss / auc_primary).
+    Without the dataset's `tasks` the funnel's roles are unknown: any two heads may form it."""
+    if tasks is None:
+        seconds, composed = list(heads), len(heads) > 1
+    else:
+        pair = funnel_pair(tasks)
+        seconds = [pair.second.name] if pair and pair.second.name in heads else []
+        composed = funnel_pair(tasks, heads) is not None
+    targets = list(heads) + ([COMPOSED] if composed else [])
     names = [f"{m}_{t}" for t in targets for m in PER_TASK]
-    if "cvr" in heads:
-        names.append("auc_cvr_masked")
+    for second in seconds:
+        names.append(f"auc_{second}_masked")
         if synthetic:
-            names.append("auc_cvr_entire")
+            names.append(f"auc_{second}_entire")
     return names
 
 
-def selectable_metrics(heads: list[str], synthetic: bool) -> list[str]:
+def selectable_metrics(heads: list[str], synthetic: bool, tasks: Mapping[str, TaskSpec] | None = None) -> list[str]:
     """Metrics a run may select its best checkpoint by."""
-    return [n for n in metric_names(heads, synthetic) if not n.startswith("calibration")] + ["loss"]
+    return [n for n in metric_names(heads, synthetic, tasks) if not n.startswith("calibration")] + ["loss"]
 
 
 def oracle_metrics(labels: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -66,24 +70,22 @@ def target_rows(target: str, probs: Mapping[str, np.ndarray], labels: Mapping[st
                 columns: Mapping[str, np.ndarray], tasks: Mapping[str, TaskSpec]):
     """(labels, scores, row mask or None) that a target's metrics are computed on.
 
-    Targets: a head name (its label where observed), "ctcvr" (p_ctr·p_cvr vs
-    click·conversion, every row) and "cvr_entire" (p_cvr vs the counterfactual conversion
-    of every row, synthetic data only)."""
-    if target == "ctcvr":
-        ctr, cvr = esmm_pair({name: tasks[name] for name in probs})
-        return labels[ctr.label] * labels[cvr.label], probs["ctr"] * probs["cvr"], None
-    if target == "cvr_entire":
-        return columns["conversion_if_clicked"], probs["cvr"], None
-    spec = tasks[target]
+    Targets: a head name (its label where observed), `COMPOSED` (the funnel pair's
+    p_first·p_second vs first·second label, every row), "<second>_masked" (the second
+    head where its label is observed) and "<second>_entire" (its p vs the counterfactual
+    outcome of every row, synthetic data only)."""
+    if target == COMPOSED:
+        pair = funnel_pair(tasks, probs)
+        return pair.composed_labels(labels), pair.composed_probability(probs), None
+    if target.endswith("_entire"):
+        return columns[ENTIRE_TRUTH], probs[target.removesuffix("_entire")], None
+    spec = tasks[target.removesuffix("_masked")]
     rows = labels[spec.observed_when] > 0 if spec.observed_when else None
-    return labels[spec.label], probs[target], rows
+    return labels[spec.label], probs[spec.name], rows
 
 
 def metric_targets(probs: Mapping[str, np.ndarray], tasks: Mapping[str, TaskSpec]) -> list[str]:
-    targets = list(probs)
-    if esmm_pair({name: tasks[name] for name in probs}):
-        targets.append("ctcvr")
-    return targets
+    return list(probs) + ([COMPOSED] if funnel_pair(tasks, probs) else [])
 
 
 def funnel_metrics(probs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
@@ -103,9 +105,11 @@ def funnel_metrics(probs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndar
         out[f"gauc_{target}"] = gauc(yy, pp, user if rows is None else user[rows]) if user is not None else float("nan")
         out[f"logloss_{target}"] = logloss(yy, pp)
         out[f"calibration_{target}"] = calibration(yy, pp)
-    if "cvr" in probs:
-        y, p, rows = target_rows("cvr", probs, labels, columns, tasks)
-        out["auc_cvr_masked"] = auc(y if rows is None else y[rows], p if rows is None else p[rows])
-        if "conversion_if_clicked" in columns:
-            out["auc_cvr_entire"] = auc(*target_rows("cvr_entire", probs, labels, columns, tasks)[:2])
+    pair = funnel_pair(tasks)  # the dataset's roles: a second-task head alone (E0b) has them too
+    if pair is not None and pair.second.name in probs:
+        second = pair.second.name
+        y, p, rows = target_rows(second, probs, labels, columns, tasks)
+        out[f"auc_{second}_masked"] = auc(y if rows is None else y[rows], p if rows is None else p[rows])
+        if ENTIRE_TRUTH in columns:
+            out[f"auc_{second}_entire"] = auc(*target_rows(f"{second}_entire", probs, labels, columns, tasks)[:2])
     return out

@@ -77,6 +77,8 @@ class DINRanker(SequentialBase):
 
 def build_sequential_model(num_items: int, cfg) -> SequentialBase:
     """The model `cfg.model.sequential` describes, initialised from `runtime.seed`."""
+    from recsmith.models.sequential.architectures import ARCHITECTURES
+
     torch.manual_seed(cfg.runtime.seed)
     seq = cfg.model.sequential
-    return DINRanker(num_items, seq) if seq.architecture == "din" else NextItemModel(num_items, seq)
+    return ARCHITECTURES.get(seq.architecture, "model.sequential.architecture").model(num_items, seq)

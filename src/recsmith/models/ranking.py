@@ -47,7 +47,8 @@ class RankingModel(nn.Module):
         )
         self.tasks = list(model_cfg.enabled_heads)
         structure_cls = STRUCTURES.get(model_cfg.mtl, "model.mtl")
-        self.structure = structure_cls(self.backbone.out_dim, self.tasks, model_cfg)
+        self.structure = structure_cls(self.backbone.out_dim, self.tasks, model_cfg.section(model_cfg.mtl),
+                                       model_cfg.dropout)
         self.towers = nn.ModuleDict({
             t: Tower(self.structure.out_dims[t], model_cfg.tower_hidden_dims, model_cfg.dropout)
             for t in self.tasks

@@ -1,4 +1,4 @@
-"""A model bundle: everything needed to score raw rows with a trained ranking model, in one
+"""A model bundle: everything needed to score raw rows with a trained model, in one
 self-contained directory that outlives its run dir and its dataset cache.
 
     bundle.json     what it is: source run, config hash, tasks, metrics, features, training data
@@ -20,10 +20,12 @@ from pathlib import Path
 import yaml
 
 from recsmith.atomic import save_torch_atomic, write_json_atomic
+from recsmith.config.loader import load_experiment
 from recsmith.data.schema import SCHEMA_FILE, VOCAB_FILE, DatasetSchema
 from recsmith.errors import DataError
 from recsmith.experiments.tracker import config_hash
 from recsmith.features.pipeline import FEATURES_FILE
+from recsmith.plugins import DEFAULT_FAMILY, family, family_of
 from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import load_checkpoint
 from recsmith.train.precision import SCORING
@@ -52,9 +54,9 @@ def check_bundlable(run: RunDir) -> tuple[dict, dict, Path]:
     if not run.config.is_file():
         raise DataError(f"not a run directory (no config.yaml): {run.path}")
     config = yaml.safe_load(run.config.read_text())
-    if config.get("model", {}).get("family", "ranking") != "ranking":
-        raise DataError(f"{run.path}: only ranking runs can be bundled for serving (this one is "
-                        f"{config['model']['family']})")
+    owner = family(config.get("model", {}).get("family", DEFAULT_FAMILY))
+    if not owner.servable:
+        raise DataError(f"{run.path}: model family '{owner.name}' cannot be bundled for serving")
     if not run.ckpt_best.is_file():
         raise DataError(f"{run.path}: no ckpt_best.pt (the run has not finished a validation)")
     dataset = run_dataset_dir(run)
@@ -71,10 +73,11 @@ def served_precision(report: dict) -> dict:
 
 
 def write_bundle(run_dir: str | Path, dest: str | Path) -> dict:
-    """Copy a finished ranking run into the bundle directory `dest` (created; must not exist
+    """Copy a finished run of a servable family into the bundle directory `dest` (created; must not exist
     or be empty). Returns bundle.json's content."""
     run, dest = RunDir(run_dir), Path(dest)
     config, report, dataset = check_bundlable(run)
+    cfg = load_experiment(run.config)
     schema = DatasetSchema.load(dataset)
     best = load_checkpoint(run.ckpt_best)
     dest.mkdir(parents=True, exist_ok=True)
@@ -87,9 +90,9 @@ def write_bundle(run_dir: str | Path, dest: str | Path) -> dict:
         "run_dir": str(run.path.resolve()),
         "created": dt.datetime.now().isoformat(timespec="seconds"),
         "config_hash": config_hash(config),
-        "family": "ranking",
+        "family": cfg.model.family,
         "name": config.get("name"),
-        "tasks": list(config["model"]["enabled_heads"]),
+        "tasks": family_of(cfg).heads(cfg),
         "primary_key": report.get("primary_key"),
         "best_step": best["step"],
         "precision": served_precision(report),

@@ -1,13 +1,14 @@
 """`recsmith export`: a run's model as ONNX or TorchScript, inside a model bundle.
 
-The exported graph maps encoded inputs to probabilities:
-    sparse [N, F] int32 ids, dense [N, D] float32  →  one [N] float32 output per head
-    (named after the head; plus `ctcvr` = p_ctr · p_cvr when both heads exist).
+The exported graph is the model family's (its scorer's `export_graph()`): named inputs →
+one [N] float32 probability per output, named after it. For the ranking family:
+    sparse [N, F] int32 ids, dense [N, D] float32  →  each head, plus the funnel pair's
+    composed `ctcvr` when the model has both heads (recsmith.tasks).
 Raw rows are encoded before the graph by the bundle's fitted encoders (`features.json` +
-`vocab.json`), the same code path that prepared the training data
-(`recsmith.serve.scorer.Scorer.encode`; see docs/serving.md for doing it in another
-language). Every export is checked against the PyTorch model on the test split and refused
-when any probability differs by more than `PARITY_TOLERANCE`.
+`vocab.json`), the same code path that prepared the training data (the scorer's `encode`;
+see docs/serving.md for doing it in another language). Every export is checked against
+the PyTorch model on the test split and refused when any probability differs by more
+than `PARITY_TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import torch
 from torch import nn
 
 from recsmith.atomic import fsync_dir, fsync_tree, remove_stale, temp_prefix, write_error, write_json_atomic
-from recsmith.data.batches import load_split
 from recsmith.errors import ConfigError, DataError
 from recsmith.registry import Registry
 from recsmith.serve.bundle import run_dataset_dir, write_bundle
@@ -38,38 +38,23 @@ PARITY_TOLERANCE = 1e-5
 EXPORT_FILE = "export.json"
 STAGING = "partial"  # .OUT.partial<pid>.<host>.<random>: the bundle being written
 EXPORTERS: Registry[Callable] = Registry("export format")
-Runner = Callable[[np.ndarray, np.ndarray], list[np.ndarray]]  # (sparse, dense) -> outputs in order
-
-
-class ProbabilityGraph(nn.Module):
-    """The ranking model with its probabilities as a tuple of outputs (what gets exported)."""
-
-    def __init__(self, scorer: Scorer):
-        super().__init__()
-        self.model, self.outputs = scorer.model, scorer.outputs
-
-    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits = self.model(sparse, dense)
-        probs = {task: torch.sigmoid(value) for task, value in logits.items()}
-        if "ctcvr" in self.outputs:
-            probs["ctcvr"] = probs["ctr"] * probs["cvr"]
-        return tuple(probs[name] for name in self.outputs)
+Runner = Callable[..., list[np.ndarray]]  # (the graph's inputs, in order) -> outputs in order
 
 
 @EXPORTERS.register("onnx")
-def export_onnx(graph: ProbabilityGraph, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> Runner:
+def export_onnx(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> Runner:
     import onnxruntime
 
     batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(graph, example, str(path), input_names=["sparse", "dense"], output_names=graph.outputs,
-                      dynamic_shapes={"sparse": {0: batch}, "dense": {0: batch}}, dynamo=True,
+    torch.onnx.export(graph, example, str(path), input_names=graph.inputs, output_names=graph.outputs,
+                      dynamic_shapes={name: {0: batch} for name in graph.inputs}, dynamo=True,
                       external_data=False, verbose=False)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda sparse, dense: session.run(graph.outputs, {"sparse": sparse, "dense": dense})
+    return lambda *arrays: session.run(graph.outputs, dict(zip(graph.inputs, arrays)))
 
 
 @EXPORTERS.register("torchscript")
-def export_torchscript(graph: ProbabilityGraph, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> Runner:
+def export_torchscript(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> Runner:
     """TorchScript (deprecated by PyTorch in favour of torch.export, still what many C++
     serving stacks load): a trace, which fits these models (no data-dependent control flow)."""
     with warnings.catch_warnings(), torch.no_grad():
@@ -79,8 +64,8 @@ def export_torchscript(graph: ProbabilityGraph, example: tuple[torch.Tensor, tor
         loaded = torch.jit.load(str(path))
 
     @torch.inference_mode()
-    def run(sparse, dense):
-        return [t.numpy() for t in loaded(torch.from_numpy(sparse), torch.from_numpy(dense))]
+    def run(*arrays):
+        return [t.numpy() for t in loaded(*(torch.from_numpy(a) for a in arrays))]
 
     return run
 
@@ -114,16 +99,17 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, par
     try:
         write_bundle(run.path, staging)
         scorer = Scorer.load(staging)
-        test = load_split(run_dataset_dir(run), scorer.schema, "test", with_columns=False)
-        rows = len(test) if parity_rows is None else min(parity_rows, len(test))
-        sparse, dense = test.sparse[:rows].numpy(), test.dense[:rows].numpy()
-        graph = ProbabilityGraph(scorer).eval()
-        example = (torch.from_numpy(sparse[:2].copy()), torch.from_numpy(dense[:2].copy()))
+        if not hasattr(scorer, "export_graph"):
+            raise ConfigError(f"{run.path}: model family '{scorer.meta.get('family')}' has no exportable graph")
+        graph = scorer.export_graph()
+        inputs = scorer.export_inputs(run_dataset_dir(run), parity_rows)
+        example = tuple(torch.from_numpy(a[:2].copy()) for a in inputs)
         model_file = staging / f"model{SUFFIX[fmt]}"
         run_exported = exporter(graph, example, model_file)
-        worst = parity(scorer, run_exported, sparse, dense, batch_size)
-        report = {"format": fmt, "file": model_file.name, "inputs": {"sparse": list(sparse.shape[1:]), "dense": list(dense.shape[1:])},
-                  "outputs": scorer.outputs, "parity_rows": rows, "max_abs_diff": worst,
+        worst = parity(scorer, run_exported, inputs, batch_size)
+        report = {"format": fmt, "file": model_file.name,
+                  "inputs": {name: list(a.shape[1:]) for name, a in zip(graph.inputs, inputs)},
+                  "outputs": scorer.outputs, "parity_rows": len(inputs[0]), "max_abs_diff": worst,
                   "tolerance": PARITY_TOLERANCE, "torch": torch.__version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if max(worst.values()) > PARITY_TOLERANCE:
@@ -150,12 +136,12 @@ def publish(staging: Path, out: Path) -> None:
     fsync_dir(out.parent)
 
 
-def parity(scorer: Scorer, run_exported: Runner, sparse: np.ndarray, dense: np.ndarray, batch_size: int) -> dict[str, float]:
+def parity(scorer: Scorer, run_exported: Runner, inputs: tuple[np.ndarray, ...], batch_size: int) -> dict[str, float]:
     """The largest absolute difference per output between PyTorch and the exported model."""
     worst = dict.fromkeys(scorer.outputs, 0.0)
-    for start in range(0, len(sparse), batch_size):
-        s, d = np.ascontiguousarray(sparse[start:start + batch_size]), np.ascontiguousarray(dense[start:start + batch_size])
-        reference = scorer.predict_encoded(s, d)
-        for name, values in zip(scorer.outputs, run_exported(s, d)):
+    for start in range(0, len(inputs[0]), batch_size):
+        batch = tuple(np.ascontiguousarray(a[start:start + batch_size]) for a in inputs)
+        reference = scorer.predict_encoded(*batch)
+        for name, values in zip(scorer.outputs, run_exported(*batch)):
             worst[name] = max(worst[name], float(np.abs(np.asarray(values, np.float64) - reference[name]).max()))
     return worst

@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 
 from recsmith.atomic import remove_stale, temp_prefix, write_json_atomic
 from recsmith.errors import ConfigError, DataError, RecsmithError, did_you_mean
+from recsmith.metrics.direction import lower_is_better
 from recsmith.serve.bundle import write_bundle
 
 ROOT_ENV = "RECSMITH_REGISTRY"
@@ -110,11 +111,6 @@ def default_tolerance() -> float:
 
 def mlflow_by_default() -> bool:
     return os.environ.get(MLFLOW_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def lower_is_better(key: str) -> bool:
-    """Losses go down; AUC-type metrics go up."""
-    return "loss" in key
 
 
 def _now() -> str:

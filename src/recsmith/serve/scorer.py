@@ -1,47 +1,38 @@
-"""Scoring raw rows with a trained ranking model: the code path shared by batch inference,
-the HTTP service, export parity checks and monitoring.
+"""Scoring raw rows with a trained model: the entry point batch inference, the HTTP
+service, export parity checks and monitoring share. `Scorer.load(path)` reads a bundle
+(`recsmith export`, a registry version) or a finished run dir and asks the model's family
+(recsmith.plugins) for its scorer; how raw rows become probabilities is the family's.
 
-Raw rows (as a log or a request carries them) → FeaturePipeline (the fitted encoders the
-training data was prepared with) → sparse ids [N, F] and dense values [N, D] → the model's
-task logits → probabilities per head (plus `ctcvr` = p_ctr · p_cvr when both heads exist).
+Every scorer has `tasks` (its heads), `outputs` (the probabilities it returns, by name),
+`meta` (bundle.json, or a run's description), `predict_table(table) -> {output: [N]}` and
+`describe()` (what a client sends and gets). One `recsmith export` can trace also has
+`export_graph()` (a module from named inputs to the outputs, in order, with `.inputs`),
+`export_inputs(dataset_dir, rows)` (those inputs for the first test rows, as arrays) and
+`predict_encoded(*inputs)` (the reference the export is checked against).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import torch
 
 from recsmith.config.loader import load_experiment
-from recsmith.data.schema import DatasetSchema
-from recsmith.errors import DataError
-from recsmith.features.pipeline import FeaturePipeline
-from recsmith.models.ranking import RankingModel
+from recsmith.plugins import family_of
 from recsmith.run_dir import RunDir
 from recsmith.serve.bundle import BUNDLE_FILE, MODEL_FILE, check_bundlable, served_precision
-from recsmith.train.checkpoint import load_checkpoint
-
-MAX_REPORTED_BAD_ROWS = 5
 
 
-def output_names(tasks: list[str]) -> list[str]:
-    """The probabilities a scorer returns: every head, and ctcvr when ctr and cvr exist."""
-    return list(tasks) + (["ctcvr"] if {"ctr", "cvr"} <= set(tasks) else [])
-
-
-@dataclass
 class Scorer:
-    model: RankingModel
-    pipeline: FeaturePipeline
-    schema: DatasetSchema
-    meta: dict  # bundle.json, or a run's description
+    """The interface (see the module docstring); `Scorer.load` returns the family's own."""
 
-    @classmethod
-    def load(cls, path: str | Path) -> "Scorer":
+    tasks: list[str]
+    outputs: list[str]
+    meta: dict
+
+    @staticmethod
+    def load(path: str | Path) -> "Scorer":
         """From a bundle directory (registry version, `recsmith export`) or a finished run dir."""
         path = Path(path)
         if (path / BUNDLE_FILE).is_file():
@@ -55,62 +46,10 @@ class Scorer:
                     "metrics": {"test": report.get("test", {})}}
             config_path, weights = run.config, run.ckpt_best
         cfg = load_experiment(config_path)
-        schema = DatasetSchema.load(data_dir)
-        pipeline = FeaturePipeline.load(data_dir)
-        check_alignment(pipeline, schema, data_dir)
-        model = RankingModel(schema, cfg)
-        model.load_state_dict(load_checkpoint(weights)["model"])
-        model.eval()
-        meta.setdefault("tasks", list(model.tasks))
-        return cls(model, pipeline, schema, meta)
+        return family_of(cfg).load_scorer(cfg, meta, data_dir, weights)
 
-    @property
-    def tasks(self) -> list[str]:
-        return list(self.model.tasks)
-
-    @property
-    def outputs(self) -> list[str]:
-        return output_names(self.tasks)
-
-    @torch.inference_mode()
-    def predict_encoded(self, sparse: np.ndarray, dense: np.ndarray) -> dict[str, np.ndarray]:
-        """Probabilities per output for encoded inputs: sparse [N, F] int32, dense [N, D] float32."""
-        logits = self.model(torch.as_tensor(sparse, dtype=torch.int32), torch.as_tensor(dense, dtype=torch.float32))
-        probs = {task: torch.sigmoid(value).double().numpy() for task, value in logits.items()}
-        if "ctcvr" in self.outputs:
-            probs["ctcvr"] = probs["ctr"] * probs["cvr"]
-        return probs
-
-    def encode(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Raw columns → (sparse [N, F] int32, dense [N, D] float32); malformed rows are a DataError."""
-        bad, reasons = self.pipeline.invalid_rows(table)
-        if bad.any():
-            rows = np.flatnonzero(bad)[:MAX_REPORTED_BAD_ROWS]
-            listed = "; ".join(f"row {r}: {why}" for r, why in zip(rows, reasons))
-            raise DataError(f"{int(bad.sum())} malformed row(s): {listed}")
-        encoded = self.pipeline.transform(table)
-        n = table.num_rows
-        sparse = np.stack([encoded[name] for name in self.schema.sparse_names], axis=1) if self.schema.sparse \
-            else np.zeros((n, 0), np.int32)
-        dense = np.stack([encoded[name] for name in self.schema.dense_names], axis=1) if self.schema.dense \
-            else np.zeros((n, 0), np.float32)
-        return sparse, dense
-
-    def predict_table(self, table: pa.Table) -> dict[str, np.ndarray]:
-        """Probabilities per output for a table of raw feature columns."""
-        return self.predict_encoded(*self.encode(table))
+    def predict_table(self, table: pa.Table) -> dict:
+        raise NotImplementedError
 
     def describe(self) -> dict:
-        """What a client needs: outputs, and the raw columns to send with their types."""
-        return {"tasks": self.tasks, "outputs": self.outputs,
-                "features": [{"name": f.name, "column": f.column, "type": f.type, "entity": f.entity,
-                              "transformation": f.transformation.kind} for f in self.pipeline.features.features],
-                "columns": self.pipeline.features.columns, **{k: v for k, v in self.meta.items() if k != "features"}}
-
-
-def check_alignment(pipeline: FeaturePipeline, schema: DatasetSchema, where: Path) -> None:
-    """The encoders must produce exactly the schema's fields, in order, with its sizes."""
-    categorical = [(f.name, f.vocab_size) for f in pipeline.sparse_fields()]
-    if categorical != [(f.name, f.vocab_size) for f in schema.sparse] or \
-            [f.name for f in pipeline.features.numeric] != schema.dense_names:
-        raise DataError(f"{where}: features.json / vocab.json do not match schema.json (fields, order or sizes)")
+        raise NotImplementedError

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from recsmith.tasks import TaskSpec, esmm_pair
+from recsmith.tasks import COMPOSED, FunnelPair, TaskSpec
 
 Tensor = torch.Tensor
 
@@ -55,39 +55,31 @@ class MultiTaskLoss:
 
 
 class ESMMLoss:
-    """ESMM over the entire impression space (Ma et al. 2018), v2 with an auxiliary term:
+    """ESMM over the entire impression space (Ma et al. 2018), v2 with an auxiliary term, for a
+    funnel pair (first → second: click → conversion):
 
-        L = BCE(p_ctr, click) + BCE(p_ctcvr, click·conversion) + λ · BCE(p_cvr, conversion | click)
+        L = BCE(p_first, first) + BCE(p_composed, first·second) + λ · BCE(p_second, second | first)
 
-    with p_ctcvr = p_ctr · p_cvr computed in log space: log p_ctcvr = logσ(ctr) + logσ(cvr).
-    λ = `esmm.lambda_cvr_aux` (0 for v1).
+    with the composed probability in log space (recsmith.tasks.FunnelPair.composed_log_prob).
+    λ = `model.esmm.lambda_cvr_aux` (0 for v1).
     """
 
-    required_logits = ["ctr", "cvr"]
-
-    def __init__(self, ctr: TaskSpec, cvr: TaskSpec, lambda_cvr_aux: float):
-        self.ctr, self.cvr = ctr, cvr
-        self.lambda_cvr_aux = float(lambda_cvr_aux)
+    def __init__(self, pair: FunnelPair, lambda_cvr_aux: float):
+        self.pair, self.lambda_cvr_aux = pair, float(lambda_cvr_aux)
+        self.required_logits = [pair.first.name, pair.second.name]
 
     def __call__(self, logits: dict[str, Tensor], labels: dict[str, Tensor]):
-        click, conversion = labels[self.ctr.label], labels[self.cvr.label]
-        log_ctcvr = F.logsigmoid(logits["ctr"]) + F.logsigmoid(logits["cvr"])
+        first, second = self.pair.first, self.pair.second
         terms = {
-            "loss_ctr": F.binary_cross_entropy_with_logits(logits["ctr"], click),
-            "loss_ctcvr": bce_from_log_prob(log_ctcvr, click * conversion).mean(),
+            f"loss_{first.name}": F.binary_cross_entropy_with_logits(logits[first.name], labels[first.label]),
+            f"loss_{COMPOSED}": bce_from_log_prob(self.pair.composed_log_prob(logits),
+                                                  self.pair.composed_labels(labels)).mean(),
         }
-        total = terms["loss_ctr"] + terms["loss_ctcvr"]
+        total = terms[f"loss_{first.name}"] + terms[f"loss_{COMPOSED}"]
         if self.lambda_cvr_aux > 0:
-            terms["loss_cvr_aux"] = task_term(logits, labels, self.cvr)
-            total = total + self.lambda_cvr_aux * terms["loss_cvr_aux"]
+            terms[f"loss_{second.name}_aux"] = task_term(logits, labels, second)
+            total = total + self.lambda_cvr_aux * terms[f"loss_{second.name}_aux"]
         return total, terms
-
-
-def build_loss(cfg, tasks: dict[str, TaskSpec]):
-    """The loss an ExperimentConfig describes, for a dataset's tasks (checked to fit)."""
-    if cfg.use_esmm:
-        return ESMMLoss(*esmm_pair(tasks), cfg.esmm.lambda_cvr_aux)
-    return MultiTaskLoss([tasks[head] for head in cfg.model.enabled_heads])
 
 
 class NextItemLoss:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import time
@@ -13,8 +12,6 @@ import torch
 
 from recsmith.atomic import write_json_atomic, write_text_atomic
 from recsmith.config.loader import dump_yaml
-from recsmith.config.schema import FITTED_ARCHITECTURES
-from recsmith.data.batches import SplitData, TrainStream, load_split
 from recsmith.data.compatibility import check_experiment_fits
 from recsmith.data.schema import DatasetSchema
 from recsmith.data.sources import resolve_dataset
@@ -26,16 +23,10 @@ from recsmith.experiments.tracker import (
     key_hyperparameters,
     tracker_path,
 )
-from recsmith.models.ranking import build_model
+from recsmith.plugins import family_of
 from recsmith.run_dir import RunDir
-from recsmith.train.checkpoint import load_checkpoint
-from recsmith.train.evaluate import evaluate
-from recsmith.train.fitted import fit_run
-from recsmith.train.losses import build_loss
 from recsmith.train.precision import Precision, resolve_precision
-from recsmith.train.predictions import save_predictions
 from recsmith.train.resume import ResumePoint, resume_point
-from recsmith.train.sequential import SequentialSetup
 from recsmith.train.trainer import Trainer
 from recsmith.train.warm_start import configure as configure_warm_start
 from recsmith.train.warm_start import old_run, warm_start
@@ -58,16 +49,6 @@ def attach_log_file(run: RunDir) -> logging.Handler:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     return handler
-
-
-def load_training_data(cfg, dataset_dir: Path, schema: DatasetSchema,
-                       with_valid: bool = True) -> tuple[SplitData, SplitData | None]:
-    train = load_split(dataset_dir, schema, "train", with_columns=False)  # truth columns: evaluation only
-    valid = load_split(dataset_dir, schema, "valid") if with_valid else None
-    if cfg.data.train_subset == "clicked":  # the head's label exists only where it is observed
-        observed_when = schema.task_specs[cfg.model.enabled_heads[0]].observed_when
-        train = train.subset(train.labels[observed_when].numpy() > 0)
-    return train, valid
 
 
 def train_run(cfg, run_path: str | Path, resume: bool = False,
@@ -127,7 +108,8 @@ def _train(cfg, run: RunDir, point: ResumePoint, on_step, dataset_dir: Path) -> 
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
     device = resolve_device(cfg.runtime.device)
-    fitted = cfg.model.family == "sequential" and cfg.model.sequential.architecture in FITTED_ARCHITECTURES
+    owner = family_of(cfg)
+    fitted = owner.fitted(cfg)
     precision = (Precision("fp32", device.type, "a fitted model: no autocast") if fitted
                  else resolve_precision(cfg.runtime.amp, device))
     write_json_atomic(run.env, environment(device, precision.describe()))
@@ -135,11 +117,11 @@ def _train(cfg, run: RunDir, point: ResumePoint, on_step, dataset_dir: Path) -> 
     if fitted:
         started = time.perf_counter()
         result = {"name": cfg.name, "primary_key": cfg.runtime.best_selection.primary_key,
-                  **fit_run(cfg, run, dataset_dir), "dataset": str(dataset_dir), "precision": precision.record()}
+                  **owner.fit(cfg, run, dataset_dir), "dataset": str(dataset_dir), "precision": precision.record()}
         result["train_seconds"] = result["train_seconds_this_session"] = round(time.perf_counter() - started, 2)
         write_json_atomic(run.eval, result)
         return result
-    setup = (SequentialSetup if cfg.model.family == "sequential" else RankingSetup)(cfg, dataset_dir, device)
+    setup = owner.setup(cfg, dataset_dir, device)
     model = setup.model
     trainer = Trainer(cfg, run, model, setup.loss_fn, setup.stream, setup.evaluate_valid, device, precision)
     if point.checkpoint is not None:
@@ -179,37 +161,6 @@ def _train(cfg, run: RunDir, point: ResumePoint, on_step, dataset_dir: Path) -> 
              result["valid"].get(result["primary_key"], float("nan")), result["best_step"],
              result["primary_key"], result["test"].get(result["primary_key"], float("nan")))
     return result
-
-
-class RankingSetup:
-    """Model, loss, train stream and evaluations of one ranking (multi-task) run."""
-
-    def __init__(self, cfg, dataset_dir: Path, device: torch.device):
-        self.cfg, self.device = cfg, device
-        self.schema = DatasetSchema.load(dataset_dir)
-        self.train, self.valid = load_training_data(cfg, dataset_dir, self.schema)
-        self.model = build_model(self.schema, cfg).to(device)
-        self.loss_fn = build_loss(cfg, self.schema.task_specs)
-        self.stream = TrainStream(self.train, cfg.data.batch_size, seed=cfg.runtime.seed,
-                                  keep_negatives=cfg.data.neg_keep_prob_train, label=self.schema.tasks[0].label)
-
-    def describe(self) -> str:
-        return f"{len(self.train)} train rows, {len(self.valid)} valid rows"
-
-    def evaluate_valid(self, model):
-        return evaluate(model, self.loss_fn, self.valid, self.cfg.data.eval_batch_size, self.device,
-                        self.cfg.runtime.best_selection.primary_key)
-
-    def final_evaluation(self, run: RunDir, dataset_dir: Path) -> dict:
-        """The best checkpoint on the test split."""
-        best = load_checkpoint(run.ckpt_best)
-        self.model.load_state_dict(best["model"])
-        test = load_split(dataset_dir, self.schema, "test")
-        keep = functools.partial(save_predictions, run.predictions, dataset=str(dataset_dir))
-        test_metrics, gates = evaluate(self.model, self.loss_fn, test, self.cfg.data.eval_batch_size, self.device,
-                                       self.cfg.runtime.best_selection.primary_key, keep)
-        return {"best_step": best["step"], "test": test_metrics, "test_rows": len(test),
-                "expert_health_test": gates.report(self.model.gate_experts)}
 
 
 def valid_at_best(run: RunDir, best_step: int) -> dict:

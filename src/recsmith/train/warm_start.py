@@ -28,6 +28,7 @@ from recsmith.config.loader import read_yaml
 from recsmith.data.schema import VOCAB_FILE, DatasetSchema
 from recsmith.errors import ConfigError
 from recsmith.models.layers.embedding import FeatureEmbedding
+from recsmith.plugins import family_of
 from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import load_checkpoint
 
@@ -70,8 +71,8 @@ def configure(cfg):
 
     if not cfg.runtime.init_from:
         return cfg
-    if cfg.model.family != "ranking":
-        raise ConfigError(f"{KEY}: warm start is for ranking models, not model.family '{cfg.model.family}'")
+    if not family_of(cfg).warm_startable:
+        raise ConfigError(f"{KEY}: model.family '{cfg.model.family}' cannot be warm-started")
     old = old_run(cfg.runtime.init_from)
     if cfg.data.extend_vocab_from is None and can_extend_vocab(cfg.data.source):
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"extend_vocab_from": str(old.dataset)})})

@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from pydantic import Field, model_validator
+
+from recsmith.config.schema import Strict, registered
 from recsmith.models.layers.crossnet import CrossNetV2
 from recsmith.models.layers.mlp import MLP
 from recsmith.registry import Registry
 
-# builder(spec, in_dim, dropout) -> module with .out_dim; spec has .hidden_dims / .num_layers
+# builder(spec, in_dim, dropout) -> module with .out_dim; spec is an ExpertSpec
 EXPERTS: Registry[Callable[..., nn.Module]] = Registry("expert type")
+
+
+class ExpertSpec(Strict):
+    """One expert of a pool (MMoE, PLE): an MLP or a CrossNet-v2 (or any registered type)."""
+
+    type: str
+    hidden_dims: Optional[list[int]] = None
+    num_layers: Optional[int] = Field(None, ge=1, le=16)
+
+    _check_type = registered("type", "recsmith.models.layers.experts", "EXPERTS")
+
+    @model_validator(mode="after")
+    def _fields_for_type(self):
+        if self.type == "mlp" and not self.hidden_dims:
+            raise ValueError("an 'mlp' expert needs hidden_dims")
+        if self.type == "crossnet_v2" and self.num_layers is None:
+            raise ValueError("a 'crossnet_v2' expert needs num_layers")
+        return self
+
+
+def build_pool(specs: list[ExpertSpec], names: list[str], in_dim: int, dropout: float,
+               project_to: int | None = None) -> "ExpertPool":
+    """Experts built from `specs` (each projected to `project_to` when given: a mix of types
+    differs in width), built one after the other, so initialisation follows the list."""
+    experts = []
+    for spec in specs:
+        expert = EXPERTS.get(spec.type, "expert type")(spec, in_dim, dropout)
+        experts.append(expert if project_to is None else Projected(expert, project_to))
+    return ExpertPool(experts, names)
 
 
 @EXPERTS.register("mlp")

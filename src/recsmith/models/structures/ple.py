@@ -8,20 +8,68 @@ projected to `expert_dim`, optionally through the expert output aligner.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
+from recsmith.config.schema import Strict, registered
 from recsmith.models.layers.aligner import ExpertOutputAligner
-from recsmith.models.layers.experts import EXPERTS, ExpertPool, Projected
+from recsmith.models.layers.experts import ExpertPool, ExpertSpec, build_pool
 from recsmith.models.layers.gates import GATES, mix
 from recsmith.models.structures import STRUCTURES
 
 SHARED = "shared"
 
 
-class _ExpertSpec:  # the homogeneous case, spelled like a config ExpertSpec
-    def __init__(self, hidden_dims):
-        self.type, self.hidden_dims, self.num_layers = "mlp", hidden_dims, None
+class HeteroExperts(Strict):
+    shared: list[ExpertSpec]
+    specific: dict[str, list[ExpertSpec]]
+
+
+class AlignerConfig(Strict):
+    """Expert output aligner: LayerNorm + learnable per-expert scale (init 1) + dropout."""
+
+    enabled: bool = False
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class PLEConfig(Strict):
+    """`model.ple`: levels, shared and per-task experts (homogeneous MLPs, or the listed
+    `experts` when `hetero_enabled`, projected to `expert_dim`), the aligner."""
+
+    num_levels: int = Field(1, ge=1, le=8)
+    shared_num_experts: int = Field(4, ge=1, le=64)
+    specific_num_experts: dict[str, int] = {"ctr": 1, "cvr": 1}
+    expert_hidden_dims: list[int] = [128, 64]
+    gate_type: str = "linear"
+    hetero_enabled: bool = False
+    experts: Optional[HeteroExperts] = None
+    expert_dim: int = Field(64, ge=1, le=4096, description="common output width of hetero experts")
+    expert_output_align: AlignerConfig = Field(default_factory=AlignerConfig)
+
+    _check_gate_type = registered("gate_type", "recsmith.models.layers.gates", "GATES")
+
+    @model_validator(mode="after")
+    def _hetero_consistent(self):
+        if not self.hetero_enabled:
+            return self
+        if self.experts is None:
+            raise ValueError("model.ple.experts: required when model.ple.hetero_enabled is true")
+        if len(self.experts.shared) != self.shared_num_experts:
+            raise ValueError(
+                f"model.ple.shared_num_experts is {self.shared_num_experts} but "
+                f"model.ple.experts.shared lists {len(self.experts.shared)} experts"
+            )
+        for task, count in self.specific_num_experts.items():
+            listed = len(self.experts.specific.get(task, []))
+            if listed != count:
+                raise ValueError(
+                    f"model.ple.specific_num_experts.{task} is {count} but "
+                    f"model.ple.experts.specific.{task} lists {listed} experts"
+                )
+        return self
 
 
 class ExtractionLevel(nn.Module):
@@ -45,15 +93,9 @@ class ExtractionLevel(nn.Module):
             self.aligner = ExpertOutputAligner(total, self.out_dim, cfg.expert_output_align.dropout)
 
     @staticmethod
-    def _pool(owner: str, specs: list, in_dim: int, cfg, dropout: float) -> ExpertPool:
-        experts, names = [], []
-        for i, spec in enumerate(specs):
-            expert = EXPERTS.get(spec.type, "model.ple.experts")(spec, in_dim, dropout)
-            if cfg.hetero_enabled:
-                expert = Projected(expert, cfg.expert_dim)
-            experts.append(expert)
-            names.append(f"{owner}{i}({spec.type})")
-        return ExpertPool(experts, names)
+    def _pool(owner: str, specs: list[ExpertSpec], in_dim: int, cfg: PLEConfig, dropout: float) -> ExpertPool:
+        return build_pool(specs, [f"{owner}{i}({spec.type})" for i, spec in enumerate(specs)], in_dim, dropout,
+                          cfg.expert_dim if cfg.hetero_enabled else None)
 
     @property
     def out_dim(self) -> int:
@@ -85,20 +127,30 @@ class ExtractionLevel(nn.Module):
 
 @STRUCTURES.register("ple")
 class PLE(nn.Module):
-    def __init__(self, in_dim: int, tasks: list[str], model_cfg):
+    config = PLEConfig
+    min_heads, max_heads = 2, None
+
+    @classmethod
+    def check(cls, cfg: PLEConfig, heads: list[str]) -> None:
+        if set(cfg.specific_num_experts) != set(heads):
+            raise ValueError(f"model.ple.specific_num_experts must have one entry per head {sorted(heads)}, "
+                             f"got {sorted(cfg.specific_num_experts)}")
+        if cfg.hetero_enabled and set(cfg.experts.specific) != set(heads):
+            raise ValueError(f"model.ple.experts.specific must have one entry per head {sorted(heads)}")
+
+    def __init__(self, in_dim: int, tasks: list[str], cfg: PLEConfig, dropout: float = 0.0):
         super().__init__()
-        cfg = model_cfg.ple
         self.tasks = list(tasks)
         if cfg.hetero_enabled:
             specs = {SHARED: list(cfg.experts.shared), **{t: list(cfg.experts.specific[t]) for t in tasks}}
         else:
-            homogeneous = _ExpertSpec(cfg.expert_hidden_dims)
+            homogeneous = ExpertSpec(type="mlp", hidden_dims=cfg.expert_hidden_dims)
             specs = {SHARED: [homogeneous] * cfg.shared_num_experts,
                      **{t: [homogeneous] * cfg.specific_num_experts[t] for t in tasks}}
         levels = []
         for level in range(cfg.num_levels):
             last = level == cfg.num_levels - 1
-            levels.append(ExtractionLevel(in_dim, tasks, specs, cfg, model_cfg.dropout, not last))
+            levels.append(ExtractionLevel(in_dim, tasks, specs, cfg, dropout, not last))
             in_dim = levels[-1].out_dim
         self.levels = nn.ModuleList(levels)
         self.out_dims = {t: in_dim for t in tasks}

@@ -8,12 +8,14 @@ from torch import nn
 from recsmith.models.structures import STRUCTURES
 
 
-@STRUCTURES.register("single")
 @STRUCTURES.register("sharedbottom")
 class SharedBottom(nn.Module):
-    """Every task reads the shared representation as it is (one task: a plain model)."""
+    """Every task reads the shared representation as it is."""
 
-    def __init__(self, in_dim: int, tasks: list[str], model_cfg=None):
+    config = None
+    min_heads, max_heads = 2, None
+
+    def __init__(self, in_dim: int, tasks: list[str], section=None, dropout: float = 0.0):
         super().__init__()
         self.tasks = list(tasks)
         self.out_dims = {task: in_dim for task in tasks}
@@ -21,3 +23,10 @@ class SharedBottom(nn.Module):
 
     def forward(self, h: torch.Tensor):
         return {task: h for task in self.tasks}, {}
+
+
+@STRUCTURES.register("single")
+class Single(SharedBottom):
+    """One task on the backbone: a plain model."""
+
+    min_heads, max_heads = 1, 1

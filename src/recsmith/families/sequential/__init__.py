@@ -1,0 +1,48 @@
+"""The next-item family: a model of the user's time-ordered history (MovieLens' sequence
+view) ranks items: softmax encoders (SASRec, GRU4Rec, NARM, AvgPool), DIN on candidate rows,
+and fitted ones (most-popular, LightGBM, the DIN + LightGBM hybrid); evaluated with top-K
+metrics (full or sampled ranking) and CTR-style AUC / GAUC / LogLoss, both labelled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recsmith.errors import ConfigError
+from recsmith.families.base import Family
+from recsmith.metrics.ranking import sequential_metric_names
+from recsmith.models.sequential.architectures import ARCHITECTURES
+from recsmith.models.sequential.config import SequentialModelConfig
+from recsmith.plugins import FAMILIES
+
+
+class SequentialFamily(Family):
+    name = "sequential"
+    config = SequentialModelConfig
+
+    def selectable_metrics(self, cfg) -> tuple[list[str], str]:
+        return sequential_metric_names(cfg.topk.cutoffs) + ["loss"], "sequential models"
+
+    def check_dataset(self, cfg, schema) -> None:
+        if schema.meta.get("view") != "sequence":
+            raise ConfigError(f"model.family: '{self.name}' needs a sequence dataset (data.options.view: sequence); "
+                              f"dataset '{schema.name}' is {schema.meta.get('view', 'tabular')}")
+
+    def fitted(self, cfg) -> bool:
+        return ARCHITECTURES.get(cfg.model.sequential.architecture).fitted
+
+    def fit(self, cfg, run, dataset_dir: Path) -> dict:
+        from recsmith.train.fitted import fit_run
+
+        return fit_run(cfg, run, dataset_dir)
+
+    def setup(self, cfg, dataset_dir: Path, device):
+        from recsmith.train.sequential import SequentialSetup
+
+        return SequentialSetup(cfg, dataset_dir, device)
+
+    def key_hyperparameters(self, cfg) -> dict:
+        seq = cfg.model.sequential
+        return {"model.sequential.architecture": seq.architecture, "model.sequential.max_length": seq.max_length}
+
+
+FAMILIES.register("sequential")(SequentialFamily())
