@@ -14,6 +14,7 @@ cutoff. The order, the same everywhere:
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 PRIMARY = "auc_primary"
@@ -93,4 +94,4 @@ def informative(rows: list[dict], columns: list[str]) -> list[str]:
 
 
 def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
