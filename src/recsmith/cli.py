@@ -69,6 +69,7 @@ def train(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
                                         "pass it again with --resume.")) -> None:
     """Train one experiment; writes config.yaml, train.log, metrics.jsonl, checkpoints, eval.json."""
     from recsmith.config.loader import load_experiment
+    from recsmith.experiments.tracking import recorder
     from recsmith.train.run import train_run
 
     overrides = _overrides(set_)
@@ -79,9 +80,10 @@ def train(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
         if resume:
             raise RecsmithError("--resume needs --run-dir (the run to continue)")
         run_dir = Path("runs") / f"{cfg.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    record = recorder(cfg, run_dir)  # experiment_tracker.csv (and MLflow) hear how the run ends
     if not interactive():
         setup_logging()
-        result = train_run(cfg, run_dir, resume=resume)
+        result = train_run(cfg, run_dir, resume=resume, on_end=record)
     else:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -97,7 +99,7 @@ def train(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
                 progress.update(task, completed=step,
                                 info=f"loss {record['loss']:.4f} · {record['samples_per_s']:,.0f} samples/s")
 
-            result = train_run(cfg, run_dir, resume=resume, on_step=on_step, data_progress=on_data)
+            result = train_run(cfg, run_dir, resume=resume, on_step=on_step, data_progress=on_data, on_end=record)
     _print_result(result, run_dir)
 
 

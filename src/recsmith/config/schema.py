@@ -141,8 +141,11 @@ class LRSchedulerConfig(Strict):
 
 
 class BestSelectionConfig(Strict):
-    primary_key: str = "auc_ctr"
-    mode: Literal["max", "min"] = "max"
+    """The validation metric the best checkpoint is kept by. Left out: the family's first
+    selectable metric (the first head's AUC for the ranking family); the mode follows it."""
+
+    primary_key: Optional[str] = None
+    mode: Optional[Literal["max", "min"]] = None
 
 
 class TopKConfig(Strict):
@@ -239,7 +242,12 @@ class ExperimentConfig(Strict):
         from recsmith.errors import ConfigError, did_you_mean
         from recsmith.metrics.direction import lower_is_better
 
-        key, mode = self.runtime.best_selection.primary_key, self.runtime.best_selection.mode
+        selection = self.runtime.best_selection
+        if selection.primary_key is None:
+            selection.primary_key = allowed[0]
+        if selection.mode is None:
+            selection.mode = "min" if lower_is_better(selection.primary_key) else "max"
+        key, mode = selection.primary_key, selection.mode
         if key not in allowed:
             raise ConfigError(
                 f"runtime.best_selection.primary_key: '{key}' is not a metric of this experiment "

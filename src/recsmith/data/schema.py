@@ -15,27 +15,13 @@ from pathlib import Path
 
 from recsmith.atomic import write_json_atomic
 from recsmith.errors import DataError
+from recsmith.features.fields import VOCAB_FILE, DenseField, SparseField
 from recsmith.tasks import TaskSpec
 
 SCHEMA_FILE = "schema.json"
-VOCAB_FILE = "vocab.json"
 SPLITS = ("train", "valid", "test")
 SCHEMA_VERSION = 2
-
-
-@dataclass(frozen=True)
-class SparseField:
-    """A categorical field encoded to ids in [0, vocab_size); id 0 means unknown."""
-
-    name: str
-    vocab_size: int
-    entity: str = "context"  # user | item | context
-
-
-@dataclass(frozen=True)
-class DenseField:
-    name: str
-
+__all__ = ["SCHEMA_FILE", "SPLITS", "VOCAB_FILE", "DatasetSchema", "DenseField", "SparseField"]
 
 @dataclass
 class DatasetSchema:

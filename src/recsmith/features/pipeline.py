@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 
 from recsmith.atomic import write_json_atomic
-from recsmith.data.schema import VOCAB_FILE, DenseField, SparseField
 from recsmith.errors import ConfigError, DataError
 from recsmith.features.definitions import FeatureSet
 from recsmith.features.encoders import build_encoder
+from recsmith.features.fields import VOCAB_FILE, DenseField, SparseField
 
 FEATURES_FILE = "features.json"  # the definitions, beside vocab.json (the fitted encoders)
 DESCRIPTIVE = {"owner", "tags", "description"}  # free to change between model updates: no effect on encoding

@@ -54,7 +54,10 @@ def selectable_metrics(heads: list[str], synthetic: bool, tasks: Mapping[str, Ta
 
 
 def oracle_metrics(labels: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """AUCs of the true probabilities: the ceiling for any model on these rows."""
+    """AUCs of the true probabilities: the ceiling for any model on these rows (the synthetic
+    funnel's truth columns; {} for data without them)."""
+    if "true_ctr" not in truth:
+        return {}
     click, conversion = labels["click"], labels["conversion"]
     clicked = click > 0
     true_ctr, true_cvr = truth["true_ctr"], truth["true_cvr"]

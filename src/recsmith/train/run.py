@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -17,12 +16,6 @@ from recsmith.data.schema import DatasetSchema
 from recsmith.data.sources import resolve_dataset
 from recsmith.env_info import environment
 from recsmith.errors import ConfigError
-from recsmith.experiments.tracker import (
-    append_row,
-    config_hash,
-    key_hyperparameters,
-    tracker_path,
-)
 from recsmith.plugins import family_of
 from recsmith.run_dir import RunDir
 from recsmith.train.precision import Precision, resolve_precision
@@ -53,18 +46,19 @@ def attach_log_file(run: RunDir) -> logging.Handler:
 
 def train_run(cfg, run_path: str | Path, resume: bool = False,
               on_step: Optional[Callable[[int, dict], None]] = None,
-              data_progress=None) -> dict:
+              data_progress=None, on_end: Optional[Callable[[str, float, dict], None]] = None) -> dict:
     """Train `cfg` in `run_path` (or continue it with `resume`, from the newest readable checkpoint:
     recsmith.train.resume); returns eval.json's content.
-    With `runtime.init_from` the model starts from that run's weights (recsmith.train.warm_start)."""
+    With `runtime.init_from` the model starts from that run's weights (recsmith.train.warm_start).
+    `on_end(status, started, result)` hears how a run that started ended: "success" with
+    eval.json's content, "failed" / "interrupted" with {} (recsmith.experiments.tracking
+    records it); a finished run resumed with the same config trains nothing and calls nothing."""
     run = RunDir(run_path)
     cfg = configure_warm_start(cfg)  # sets data.extend_vocab_from before the data is prepared
-    if cfg.tracking.mlflow and importlib.util.find_spec("mlflow") is None:
-        raise ConfigError("tracking.mlflow is true but MLflow is not installed: pip install 'recsmith[tracking]'")
     if run.has_run() and not resume:
         raise ConfigError(f"run dir {run.path} already holds a run: pass --resume, or choose another dir")
     point = resume_point(cfg, run) if resume else ResumePoint()  # a changed config fails before any write
-    if point.finished is not None:  # nothing trains, so no tracker row: the run's own row stands
+    if point.finished is not None:
         log.info("run %s is already complete (same config): nothing to train", run.path)
         return point.finished
     dataset_dir = resolve_dataset(cfg.data, data_progress)  # bad data fails before the run dir exists
@@ -75,32 +69,15 @@ def train_run(cfg, run_path: str | Path, resume: bool = False,
     try:
         result = _train(cfg, run, point, on_step, dataset_dir)
     except BaseException as exc:
-        track_run(cfg, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", started, {})
+        if on_end:
+            on_end("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", started, {})
         raise
     finally:
         logging.getLogger("recsmith").removeHandler(handler)
         handler.close()
-    track_run(cfg, run, "success", started, result)
-    if cfg.tracking.mlflow:
-        from recsmith.experiments.mlflow_log import log_run
-
-        log.info("logged to MLflow (%s): run %s", cfg.tracking.mlflow_tracking_uri or "runs/mlruns",
-                 log_run(cfg, run, result))
+    if on_end:
+        on_end("success", started, result)
     return result
-
-
-def track_run(cfg, run: RunDir, status: str, started: float, result: dict) -> None:
-    """One row in experiment_tracker.csv; a tracker that cannot be written only warns."""
-    config = cfg.model_dump(mode="json")
-    row = {"run_id": f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}-{config_hash([config, str(run.path)])[:6]}",
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "name": cfg.name,
-           "status": status, "duration_s": round(time.time() - started, 1), "config_hash": config_hash(config),
-           "run_dir": str(run.path.resolve()), **key_hyperparameters(cfg),
-           "best_step": result.get("best_step"), **result.get("test", {})}
-    try:
-        append_row(tracker_path(), row)
-    except OSError as exc:
-        log.warning("could not append to %s: %s", tracker_path(), exc)
 
 
 def _train(cfg, run: RunDir, point: ResumePoint, on_step, dataset_dir: Path) -> dict:
