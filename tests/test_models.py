@@ -36,6 +36,8 @@ STRUCTURES = {
     "sharedbottom_esmm": {"model": {"mtl": "sharedbottom", "esmm": ESMM}},
     "mmoe": {"model": {"mtl": "mmoe", "mmoe": {"num_experts": 3, "expert_hidden_dims": [16]}, "esmm": ESMM}},
     "mmoe_mlp_gate": {"model": {"mtl": "mmoe", "mmoe": {"num_experts": 2, "gate_type": "mlp"}}},
+    "mmoe_hetero": {"model": {"mtl": "mmoe", "mmoe": {"num_experts": 2, "expert_dim": 8, "experts": [
+        {"type": "mlp", "hidden_dims": [16]}, {"type": "crossnet_v2", "num_layers": 1}]}}},
     "ple": {"model": {"mtl": "ple", "ple": {"shared_num_experts": 2, "expert_hidden_dims": [16]}, "esmm": ESMM}},
     "ple_two_levels": {"model": {"mtl": "ple", "ple": {"num_levels": 2, "expert_hidden_dims": [16]}, "esmm": ESMM}},
     "ple_hetero": {"model": {"mtl": "ple", "ple": HETERO, "esmm": ESMM}},
@@ -137,3 +139,9 @@ def test_same_seed_same_initialisation():
     _, a = make("mmoe")
     _, b = make("mmoe")
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_mmoe_takes_any_registered_expert_like_ple():
+    _, model = make("mmoe_hetero")
+    assert model.gate_experts["ctr"] == ["expert0(mlp)", "expert1(crossnet_v2)"]
+    assert model.structure.experts.out_dim == 8  # each listed expert projected to expert_dim

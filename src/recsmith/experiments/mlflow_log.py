@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+from recsmith.config.diff import flatten
 from recsmith.errors import ConfigError
 from recsmith.run_dir import RunDir
 
@@ -27,17 +28,6 @@ BATCH = 1000  # MLflow's log_batch limit on metrics per call
 
 def tracking_uri(setting: str | None) -> str:
     return setting or DEFAULT_STORE.resolve().as_uri()
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = str(value)[:6000]
-    return out
 
 
 def log_run(cfg, run: RunDir, result: dict, experiment: str | None = None) -> str:
@@ -58,7 +48,7 @@ def log_run(cfg, run: RunDir, result: dict, experiment: str | None = None) -> st
     mlflow_run = client.create_run(experiment_id, run_name=run.path.name,
                                    tags={"recsmith.run_dir": str(run.path.resolve()), "recsmith.config": cfg.name})
     run_id = mlflow_run.info.run_id
-    params = [Param(k, v) for k, v in flatten(cfg.model_dump(mode="json")).items()]
+    params = [Param(k, str(v)[:6000]) for k, v in flatten(cfg.model_dump(mode="json")).items()]  # MLflow's limit
     for first in range(0, len(params), 100):
         client.log_batch(run_id, params=params[first:first + 100])
     now = int(time.time() * 1000)
