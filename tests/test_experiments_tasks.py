@@ -48,8 +48,7 @@ def people_chain(tmp_path_factory):
             "data": {"source": "table", "path": str(write_people(folder)), "batch_size": 128, "eval_batch_size": 4096},
             "embedding": {"default_embedding_dim": 4},
             "model": {"backbone": "deepfm", "deep_hidden_dims": [16], "tower_hidden_dims": [8], "mtl": "sharedbottom",
-                      "enabled_heads": list(TASKS), "tasks": list(TASKS)},
-            "use_esmm": False,
+                      "enabled_heads": list(TASKS)},
             "lr_scheduler": {"type": "cosine", "warmup_steps": 5, "total_steps": 80},
             "runtime": {"max_train_steps": 80, "eval_every_steps": 40, "log_every_steps": 20, "seed": 1,
                         "best_selection": {"primary_key": "auc_income", "mode": "max"}}}
