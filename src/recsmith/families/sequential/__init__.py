@@ -7,17 +7,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recsmith.errors import ConfigError
+from recsmith.config.loader import validate_model
+from recsmith.errors import ConfigError, did_you_mean
 from recsmith.families.base import Family
 from recsmith.metrics.ranking import sequential_metric_names
-from recsmith.models.sequential.architectures import ARCHITECTURES
-from recsmith.models.sequential.config import SequentialModelConfig
+from recsmith.models.sequential.architectures import ARCHITECTURES, section_configs
+from recsmith.models.sequential.config import SequentialConfig, SequentialModelConfig
 from recsmith.plugins import FAMILIES
 
 
 class SequentialFamily(Family):
     name = "sequential"
     config = SequentialModelConfig
+
+    def validate(self, data: dict, provenance: dict) -> SequentialModelConfig:
+        """`model:`, each architecture's section validated by its config; the chosen
+        architecture's section defaults when not given."""
+        model = validate_model(SequentialModelConfig, data, provenance, prefix="model.")
+        sections, owners = model.sequential.__pydantic_extra__, section_configs()
+        for key in list(sections):
+            if key not in owners:
+                choices = [*SequentialConfig.model_fields, *owners]
+                raise ConfigError(f"model.sequential.{key}: unknown key{did_you_mean(key, choices)}")
+            sections[key] = validate_model(owners[key], sections[key], provenance, prefix=f"model.sequential.{key}.")
+        arch = ARCHITECTURES.get(model.sequential.architecture)
+        if arch.section and arch.section not in sections:
+            sections[arch.section] = arch.config()
+        return model
 
     def selectable_metrics(self, cfg) -> tuple[list[str], str]:
         return sequential_metric_names(cfg.topk.cutoffs) + ["loss"], "sequential models"

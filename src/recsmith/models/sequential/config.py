@@ -1,5 +1,6 @@
 """The next-item family's `model:` mapping: `model.sequential` (the architecture and the
-settings its models share) with DIN's and LightGBM's own sections inside it."""
+settings its models share) with the architectures' own sections inside it (DIN's, the
+boosters'), each owned by the architectures that read it (architectures.py)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,12 @@ class LightGBMConfig(Strict):
 class SequentialConfig(Strict):
     """A next-item model over the user's time-ordered history. `architecture` names one of
     recsmith.models.sequential.architectures.ARCHITECTURES: neural ones trained by the
-    Trainer, fitted ones (counts, boosters) fitted directly."""
+    Trainer, fitted ones (counts, boosters) fitted directly. An architecture's own settings
+    are its section (`din`, `lightgbm`), validated by the family with the architecture's config."""
 
+    model_config = Strict.model_config | {"extra": "allow"}
     architecture: str = "sasrec"
     hybrid_din_run: Optional[str] = None  # a trained DIN's run dir for the hybrid; relative = beside this run's dir
-    lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig)
     max_length: int = Field(50, ge=2, le=1000)  # most recent history items a prediction sees
     hidden_dim: int = Field(64, ge=1, le=4096)
     num_layers: int = Field(2, ge=1, le=16)
@@ -48,7 +50,6 @@ class SequentialConfig(Strict):
     inner_dim: int = Field(256, ge=1, le=16384)  # SASRec's point-wise feed-forward width
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     objective: Optional[Literal["softmax", "bce"]] = None  # None: the architecture's own
-    din: DINConfig = Field(default_factory=DINConfig)
 
     @model_validator(mode="after")
     def _architecture_settings(self):
