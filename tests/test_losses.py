@@ -65,6 +65,7 @@ def test_log_space_ctcvr_is_stable_and_has_finite_gradients_at_the_extremes():
     assert torch.isfinite(log_p.grad).all()
     # saturated logits: p_ctcvr rounds to 1 in float32, the loss stays finite
     logits = {"ctr": torch.tensor([40.0, -40.0], requires_grad=True), "cvr": torch.tensor([40.0, 40.0], requires_grad=True)}
-    total, _ = ESMMLoss(FunnelPair(CTR, CVR), 0.1)(logits, {"click": torch.tensor([0.0, 1.0]), "conversion": torch.tensor([0.0, 1.0])})
+    labels = {"click": torch.tensor([0.0, 1.0]), "conversion": torch.tensor([0.0, 1.0])}
+    total, _ = ESMMLoss(FunnelPair(CTR, CVR), 0.1)(logits, labels)
     total.backward()
     assert torch.isfinite(total) and all(torch.isfinite(v.grad).all() for v in logits.values())

@@ -18,7 +18,7 @@ tasks' roles (recsmith.tasks.funnel_pair), shown here for the funnel's ctr → c
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
