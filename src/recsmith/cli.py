@@ -66,7 +66,9 @@ def train(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
                                         "its encoders are extended with new ids (data.extend_vocab_from), its "
                                         "best weights copied (known ids keep their embedding rows, new ids "
                                         "start fresh); the optimizer starts fresh. Sets runtime.init_from; "
-                                        "pass it again with --resume.")) -> None:
+                                        "pass it again with --resume."),
+          nproc: int = typer.Option(1, "--nproc", min=1, help="Train as N DDP processes on this machine (starts "
+                                    "torchrun; a run started by torchrun itself needs no flag).")) -> None:
     """Train one experiment; writes config.yaml, train.log, metrics.jsonl, checkpoints, eval.json."""
     from recsmith.config.loader import load_experiment
     from recsmith.experiments.tracking import recorder
@@ -80,8 +82,14 @@ def train(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
         if resume:
             raise RecsmithError("--resume needs --run-dir (the run to continue)")
         run_dir = Path("runs") / f"{cfg.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # every worker gets the same run dir
+        raise typer.Exit(_launch(nproc, ["train", str(config), "--run-dir", str(run_dir),
+                                         *(["--resume"] if resume else []),
+                                         *(f"--set={item}" for item in set_ or []),
+                                         *(["--init-from", str(init_from)] if init_from else [])]))
     record = recorder(cfg, run_dir)  # experiment_tracker.csv (and MLflow) hear how the run ends
-    if not interactive():
+    worker = os.environ.get("RANK", "0") != "0"  # a torchrun worker other than rank 0: no progress bar
+    if not interactive() or worker:
         setup_logging()
         result = train_run(cfg, run_dir, resume=resume, on_end=record)
     else:
@@ -100,7 +108,17 @@ def train(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
                                 info=f"loss {record['loss']:.4f} · {record['samples_per_s']:,.0f} samples/s")
 
             result = train_run(cfg, run_dir, resume=resume, on_step=on_step, data_progress=on_data, on_end=record)
-    _print_result(result, run_dir)
+    if not worker:
+        _print_result(result, run_dir)
+
+
+def _launch(nproc: int, args: list[str]) -> int:
+    """`recsmith ARGS` as `nproc` DDP processes under torchrun; its exit code."""
+    import subprocess
+
+    from recsmith.train.distributed import launch_command, worker_environment
+
+    return subprocess.run(launch_command(nproc, args), env=worker_environment(nproc)).returncode
 
 
 def _print_result(result: dict, run_dir: Path) -> None:
@@ -268,11 +286,12 @@ def findings(directory: Path = typer.Argument(..., help="A chain's output dir, a
 def sweep(sweep_file: Path = typer.Argument(..., help="Sweep file (YAML): base config, set, grid/points."),
           resume: bool = typer.Option(False, "--resume", help="Keep finished points, continue partial ones."),
           parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="Points trained at once."),
+          nproc: int = typer.Option(1, "--nproc", min=1, help="Train each point as N DDP processes (torchrun)."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the points; run nothing.")) -> None:
     """Train every point of a sweep (one run dir each), then write sweep_summary.csv/json."""
     from recsmith.experiments.sweep import Sweep
 
-    plan = Sweep(sweep_file, parallel)
+    plan = Sweep(sweep_file, parallel, nproc)
     if dry_run:
         for point in plan.points:
             console.print(f"{point.id}: {point.overrides}", highlight=False)
@@ -317,6 +336,8 @@ def chain_run(chain: Path = typer.Argument(..., help="Chain file (YAML)."),
               timeout: float = typer.Option(6 * 3600, "--timeout", min=1, help="Per-experiment limit, seconds."),
               seeds: Optional[str] = typer.Option(
                   None, "--seeds", help="Repeat the chain per training seed: a count (3) or a list (1,2,3)."),
+              nproc: int = typer.Option(1, "--nproc", min=1, help="Train each experiment as N DDP processes "
+                                        "(torchrun on this machine; data.batch_size stays the global batch)."),
               set_: Optional[List[str]] = SetOption) -> None:
     """Run a chain's experiments in order, then write summary.csv/json and delta_analysis.txt."""
     from recsmith.experiments.chain import load_chain
@@ -325,7 +346,7 @@ def chain_run(chain: Path = typer.Argument(..., help="Chain file (YAML)."),
 
     resolved = load_chain(chain, _overrides(set_), output)
     selected = resolved.select(_ids(only), _ids(skip))
-    runner = ChainRunner(resolved, console, timeout)
+    runner = ChainRunner(resolved, console, timeout, nproc)
     if seeds is not None:
         seed_list = parse_seeds(seeds, resolved.base.runtime.seed)
         raise typer.Exit(runner.run_seeds(selected, resume, seed_list, dry_run))

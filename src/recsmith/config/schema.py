@@ -131,6 +131,10 @@ class OptimConfig(Strict):
     type: Literal["dual_sparse_dense"] = "dual_sparse_dense"
     dense: DenseOptimConfig = Field(default_factory=DenseOptimConfig)
     sparse: SparseOptimConfig = Field(default_factory=SparseOptimConfig)
+    # one optimizer step over data.batch_size rows in this many micro-batches (a global batch
+    # larger than a device holds); the step's update is the same as one batch's
+    grad_accumulation_steps: int = Field(1, ge=1, le=4096)
+    clip_grad_norm: Optional[float] = Field(None, gt=0.0)  # the joint L2 norm of all gradients, at most this
 
 
 class LRSchedulerConfig(Strict):

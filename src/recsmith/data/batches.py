@@ -131,22 +131,32 @@ class TrainStream:
 
     The order of epoch e is a permutation drawn from a generator seeded with (seed, e),
     so any position can be recreated without replaying earlier epochs. `keep_negatives`
-    < 1 drops each negative of `label` with that probability anew every epoch. Under
-    DDP each rank takes every world_size-th row of the epoch's order.
+    < 1 drops each negative of `label` with that probability anew every epoch.
+
+    `batch_size` is the global batch: step i takes rows order[i·B : (i+1)·B] whatever the
+    number of processes. Under DDP (`world_size` ranks) rank r takes every world_size-th of
+    them, starting at r; with `micro_batches` k > 1 (gradient accumulation) a step yields
+    its rows as a list of k equal micro-batches. So one process, two ranks, or two
+    accumulation steps see exactly the same rows per optimizer step.
     """
 
     def __init__(self, data: SplitData, batch_size: int, seed: int, keep_negatives: float = 1.0,
-                 label: str = "click", rank: int = 0, world_size: int = 1):
-        if len(data) < batch_size * world_size:
-            raise DataError(
-                f"the training split has {len(data)} rows, fewer than one batch "
-                f"(data.batch_size {batch_size} × {world_size} ranks)"
-            )
+                 label: str = "click", rank: int = 0, world_size: int = 1, micro_batches: int = 1):
+        if len(data) < batch_size:
+            raise DataError(f"the training split has {len(data)} rows, fewer than one batch (data.batch_size "
+                            f"{batch_size})")
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.keep_negatives, self.label = keep_negatives, label
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.micro_batches = rank, world_size, micro_batches
         self.epoch, self.batch_in_epoch = 0, 0
         self._order: torch.Tensor | None = None
+
+    def shard(self, rank: int, world_size: int, micro_batches: int = 1) -> "TrainStream":
+        """The same stream as rank `rank` of `world_size` sees it (position kept)."""
+        stream = TrainStream(self.data, self.batch_size, self.seed, self.keep_negatives, self.label,
+                             rank, world_size, micro_batches)
+        stream.epoch, stream.batch_in_epoch = self.epoch, self.batch_in_epoch
+        return stream
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -155,7 +165,7 @@ class TrainStream:
             keep = torch.rand(len(self.data), generator=generator) < self.keep_negatives
             keep |= self.data.labels[self.label] > 0
             order = order[keep[order]]
-        return order[self.rank :: self.world_size]
+        return order
 
     def batches_in_epoch(self, order: torch.Tensor) -> int:
         return len(order) // self.batch_size  # the last partial batch is dropped
@@ -167,7 +177,7 @@ class TrainStream:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self._order = None
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator:
         while True:
             if self._order is None:
                 self._order = self.epoch_order(self.epoch)
@@ -176,8 +186,13 @@ class TrainStream:
                 continue
             start = self.batch_in_epoch * self.batch_size
             index = self._order[start : start + self.batch_size]
+            if self.world_size > 1:
+                index = index[self.rank :: self.world_size]
             self.batch_in_epoch += 1
-            yield self.data.take(index)
+            if self.micro_batches == 1:
+                yield self.data.take(index)
+            else:
+                yield [self.data.take(part) for part in index.chunk(self.micro_batches)]
 
 
 def eval_batches(data: SplitData, batch_size: int) -> Iterator[Batch]:

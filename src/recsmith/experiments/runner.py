@@ -30,7 +30,9 @@ from recsmith.experiments.seeds import with_seed, write_seed_summary
 from recsmith.experiments.alarms import applying
 from recsmith.experiments.columns import PRIMARY, headline_metrics, informative
 from recsmith.experiments.summary import build_summary, metric_columns, oracle_values, write_summary
+from recsmith.plugins import family_of
 from recsmith.run_dir import RunDir
+from recsmith.train.distributed import launch_command, worker_environment
 
 POLL_SECONDS = 0.5
 TABLE_FAMILIES = ("auc", "ndcg", "hr", "mrr", "loss")  # the printed table's metrics
@@ -45,9 +47,10 @@ class Outcome:
     wall_seconds: float = 0.0
 
 
-def train_command(config_file: Path, run_dir: Path, resume: bool) -> list[str]:
-    command = [sys.executable, "-m", "recsmith", "train", str(config_file), "--run-dir", str(run_dir)]
-    return command + (["--resume"] if resume else [])
+def train_command(config_file: Path, run_dir: Path, resume: bool, nproc: int = 1) -> list[str]:
+    """`recsmith train` of one experiment; with `nproc` > 1 as that many DDP processes (torchrun)."""
+    args = ["train", str(config_file), "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    return launch_command(nproc, args) if nproc > 1 else [sys.executable, "-m", "recsmith", *args]
 
 
 def _die_with_parent() -> None:
@@ -59,8 +62,12 @@ def _die_with_parent() -> None:
 
 
 class ChainRunner:
-    def __init__(self, chain: ResolvedChain, console: Console, timeout: float = DEFAULT_TIMEOUT):
-        self.chain, self.console, self.timeout = chain, console, timeout
+    def __init__(self, chain: ResolvedChain, console: Console, timeout: float = DEFAULT_TIMEOUT, nproc: int = 1):
+        """`nproc` > 1 trains each experiment as that many DDP processes (fitted models: one)."""
+        self.chain, self.console, self.timeout, self.nproc = chain, console, timeout, nproc
+
+    def processes(self, exp: ResolvedExperiment) -> int:
+        return 1 if family_of(exp.config).fitted(exp.config) else self.nproc
 
     def config_file(self, exp: ResolvedExperiment) -> Path:
         return self.chain.output_dir / "configs" / f"{exp.id}.yaml"
@@ -73,7 +80,8 @@ class ChainRunner:
             run = RunDir(self.chain.output_dir / exp.id)
             done = resume and run.eval.exists()
             self.console.print(f"\n[bold]{exp.id}[/] {exp.description}" + ("  [green](done, would skip)[/]" if done else ""))
-            self.console.print("  " + " ".join(train_command(self.config_file(exp), run.path, resume)))
+            self.console.print("  " + " ".join(train_command(self.config_file(exp), run.path, resume,
+                                                             self.processes(exp))))
             for key, base, value in diff_from_base(self.chain, exp):
                 self.console.print(f"    {key}: {base!r} → {value!r}")
 
@@ -109,7 +117,7 @@ class ChainRunner:
         ids, code = [e.id for e in selected], 0
         for number, seed in enumerate(seeds, 1):
             self.console.rule(f"seed {seed} ({number} of {len(seeds)})")
-            runner = ChainRunner(with_seed(self.chain, seed), self.console, self.timeout)
+            runner = ChainRunner(with_seed(self.chain, seed), self.console, self.timeout, self.nproc)
             chosen = runner.chain.select(only=ids)
             if dry_run:
                 runner.dry_run(chosen, resume)
@@ -149,7 +157,8 @@ class ChainRunner:
         tracking = config.setdefault("tracking", {})
         tracking["mlflow_experiment"] = tracking.get("mlflow_experiment") or self.chain.spec.name
         write_text_atomic(config_file, dump_yaml(config))
-        command = train_command(config_file, run.path, resume)
+        nproc = self.processes(exp)
+        command = train_command(config_file, run.path, resume, nproc)
         max_steps = exp.config.runtime.max_train_steps
         task = progress.add_task(f"{exp.id} {exp.description}", total=max_steps)
         started = time.time()
@@ -158,7 +167,8 @@ class ChainRunner:
         status = {"exp_id": exp.id, "status": "running", "command": command,
                   "started": dt.datetime.now().isoformat(timespec="seconds")}
         write_json_atomic(run.status, status)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RECSMITH_NO_PROGRESS": "1"}
+        env = {**(worker_environment(nproc) if nproc > 1 else os.environ), "PYTHONUNBUFFERED": "1",
+               "RECSMITH_NO_PROGRESS": "1"}
         with open(run.output, "a", encoding="utf-8") as output:
             output.write(f"\n=== {status['started']} {' '.join(command)}\n")
             output.flush()

@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +43,7 @@ from recsmith.env_info import busy_cpu_seconds
 from recsmith.errors import ChainError, ConfigError
 from recsmith.experiments.summary import run_status
 from recsmith.metrics.direction import lower_is_better
+from recsmith.experiments.runner import train_command
 from recsmith.run_dir import RunDir
 
 
@@ -82,14 +82,15 @@ class Point:
 
 
 class Sweep:
-    def __init__(self, path: str | Path, parallel: int | None = None):
+    def __init__(self, path: str | Path, parallel: int | None = None, nproc: int = 1):
+        """`nproc` > 1 trains each point as that many DDP processes (torchrun)."""
         self.path = Path(path)
         raw, provenance = load_with_extends(self.path)
         self.spec = validate_model(SweepSpec, raw, provenance, where=str(self.path))
         if not self.spec.grid and not self.spec.points:
             raise ConfigError(f"{self.path}: a sweep needs `grid:` or `points:` (nothing to vary)")
-        self.parallel = parallel or self.spec.parallel
-        self.threads = max(1, (os.cpu_count() or 1) // self.parallel)
+        self.parallel, self.nproc = parallel or self.spec.parallel, nproc
+        self.threads = max(1, (os.cpu_count() or 1) // (self.parallel * nproc))
         self.output = Path(self.spec.output_dir or Path("runs") / "sweeps" / self.spec.name)
         base = (self.path.parent / self.spec.base).resolve()
         keys = list(self.spec.grid)
@@ -126,9 +127,8 @@ class Sweep:
     def _train(self, point: Point, resume: bool) -> dict:
         write_text_atomic(point.config_file, dump_yaml(point.config.model_dump(mode="json")))
         point.run.create()
-        command = [sys.executable, "-m", "recsmith", "train", str(point.config_file), "--run-dir", str(point.run.path)]
-        if resume and point.run.has_run():  # a checkpoint: ckpt_last, or ckpt_best when ckpt_last is gone
-            command.append("--resume")
+        # resume a point holding a checkpoint: ckpt_last, or ckpt_best when ckpt_last is gone
+        command = train_command(point.config_file, point.run.path, resume and point.run.has_run(), self.nproc)
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         busy, children, started = busy_cpu_seconds(), _children_cpu_seconds(), time.time()
         with open(point.run.output, "a", encoding="utf-8") as log:

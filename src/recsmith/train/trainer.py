@@ -1,19 +1,23 @@
 """The training loop. It sees a model that returns `{task: logits}` and a loss object
 returning `(total, terms)`; optimizer, schedule, precision, evaluation cadence, best
-selection and checkpoints come from the config."""
+selection and checkpoints come from the config. Under torchrun it runs on every rank with
+the model wrapped in DDP; rank 0 evaluates and writes (recsmith.train.distributed)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from typing import Callable, Optional
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from recsmith.errors import TrainingError
 from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
+from recsmith.train.distributed import SINGLE, Distributed, check_batch
 from recsmith.train.optim import build_optimizer
 from recsmith.train.schedule import build_schedulers
 
@@ -41,13 +45,20 @@ class BestTracker:
 
 
 class Trainer:
-    def __init__(self, cfg, run: RunDir, model, loss_fn, stream, evaluate_valid: Callable, device, precision):
-        """`evaluate_valid(model) -> (metrics, GateStats)` scores the validation split."""
+    def __init__(self, cfg, run: RunDir, model, loss_fn, stream, evaluate_valid: Callable, device, precision,
+                 dist: Distributed = SINGLE):
+        """`evaluate_valid(model) -> (metrics, GateStats)` scores the validation split (on rank 0)."""
         missing = set(loss_fn.required_logits) - set(model.tasks)
         if missing:
             raise TrainingError(f"the loss needs logits {sorted(missing)} that the model does not produce")
-        self.cfg, self.run, self.model, self.loss_fn = cfg, run, model, loss_fn
+        self.cfg, self.run, self.model, self.loss_fn, self.dist = cfg, run, model, loss_fn, dist
         torch.set_flush_denormal(cfg.runtime.flush_denormal)  # process-wide; denormals are slow on CPUs
+        parts = cfg.optim.grad_accumulation_steps
+        check_batch(cfg.data.batch_size, dist.world_size, parts)
+        if dist.active or parts > 1:
+            stream = stream.shard(dist.rank, dist.world_size, parts)
+        # what the forward pass runs through: DDP averages the gradients over ranks
+        self.net = DistributedDataParallel(model, broadcast_buffers=False) if dist.active else model
         self.stream, self.evaluate_valid, self.device, self.precision = stream, evaluate_valid, device, precision
         self.optimizer = build_optimizer(model, cfg)
         self.schedulers = build_schedulers(self.optimizer, cfg.lr_scheduler)
@@ -74,7 +85,7 @@ class Trainer:
             if self.step % rt.log_every_steps == 0 or last:
                 record = self._log_train(running / count, terms, count, time.perf_counter() - tick)
                 running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
-                if on_step:
+                if on_step and self.dist.is_main:
                     on_step(self.step, record)
             if self.step % rt.eval_every_steps == 0 or last:
                 self.evaluate_and_checkpoint()
@@ -95,7 +106,9 @@ class Trainer:
         """runtime.max_train_seconds spent (training and validation, earlier sessions included)."""
         now = time.perf_counter()
         self.seconds, self._clock = self.seconds + now - self._clock, now
-        if self.cfg.runtime.max_train_seconds and self.seconds >= self.cfg.runtime.max_train_seconds:
+        if not self.cfg.runtime.max_train_seconds:
+            return False
+        if self.dist.broadcast(self.seconds >= self.cfg.runtime.max_train_seconds):  # rank 0's clock decides
             self.stop_reason = "max_train_seconds"
             return True
         return False
@@ -108,24 +121,64 @@ class Trainer:
         return False
 
     def train_step(self, batch) -> tuple[torch.Tensor, dict]:
-        """One update: forward, loss, backward, both optimizers, both schedules."""
-        batch = batch.to(self.device)
-        with self.precision.autocast():
-            logits = self.model(*batch.inputs)
-        # the loss in fp32: under autocast the logits come out in bf16/fp16, whose 8-bit (or
-        # 11-bit) mantissa would round ESMM's log-space terms (logsigmoid sums, log1mexp)
-        logits = {task: value.float() for task, value in logits.items()}
-        loss, terms = self.loss_fn(logits, batch.labels)
+        """One update: forward, loss, backward (over a step's micro-batches when accumulating),
+        clipping, both optimizers, both schedules. Returns this rank's share of the step's loss
+        and terms (the whole of them in one process)."""
+        parts = batch if isinstance(batch, list) else [batch]
+        counts = self._step_counts(parts) if self.dist.active or len(parts) > 1 else None
         self.optimizer.zero_grad()
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        loss, terms = torch.zeros((), device=self.device), {}
+        for i, part in enumerate(parts):
+            part = part.to(self.device)
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last or not self.dist.active else self.net.no_sync():
+                with self.precision.autocast():
+                    logits = self.net(*part.inputs)
+                # the loss in fp32: under autocast the logits come out in bf16/fp16, whose 8-bit (or
+                # 11-bit) mantissa would round ESMM's log-space terms (logsigmoid sums, log1mexp)
+                logits = {task: value.float() for task, value in logits.items()}
+                part_loss, part_terms = (self.loss_fn(logits, part.labels, counts) if counts is not None
+                                         else self.loss_fn(logits, part.labels))
+                scaled = part_loss * self.dist.world_size if self.dist.active else part_loss  # DDP averages
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss = loss + part_loss.detach()
+            terms = {k: terms.get(k, 0.0) + v.detach() for k, v in part_terms.items()}
+        if self.cfg.optim.clip_grad_norm:
+            self._clip_gradients(self.cfg.optim.clip_grad_norm)
         self.optimizer.step(self.scaler)
         for scheduler in self.schedulers.values():
             scheduler.step()
         self.step += 1
         return loss, terms
 
+    def _step_counts(self, parts: list) -> dict[str, torch.Tensor]:
+        """Each loss term's row count over the whole step: every micro-batch, every rank."""
+        if not hasattr(self.loss_fn, "counts"):
+            raise TrainingError(f"{type(self.loss_fn).__name__} has no counts(): its steps cannot be split over "
+                                "ranks or accumulation steps (recsmith.train.losses)")
+        total: dict[str, torch.Tensor] = {}
+        for part in parts:
+            for key, value in self.loss_fn.counts(part.labels).items():
+                total[key] = total.get(key, 0.0) + value.to(self.device)
+        return {key: self.dist.sum(value) for key, value in total.items()}
+
+    def _clip_gradients(self, max_norm: float) -> None:
+        """Scale every gradient (the embedding table's sparse one included) so that their joint
+        L2 norm is at most `max_norm` (torch's clip_grad_norm_ rule, sparse-aware)."""
+        if self.scaler:
+            for optimizer in self.optimizer.optimizers.values():
+                self.scaler.unscale_(optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norms = [(g.coalesce().values() if g.is_sparse else g).norm() for g in grads]
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        factor = max_norm / (total + 1e-6)
+        if factor < 1.0:
+            for g in grads:
+                g.mul_(factor)
+
     def _log_train(self, mean_loss: torch.Tensor, terms: dict, steps: int, seconds: float) -> dict:
-        value = float(mean_loss)
+        value = float(self.dist.sum(mean_loss))  # ranks hold shares of each step's loss
+        terms = {k: self.dist.sum(v) for k, v in terms.items()}
         if not math.isfinite(value):
             raise TrainingError(
                 f"loss is {value} at step {self.step}: training diverged "
@@ -135,21 +188,28 @@ class Trainer:
                   **{k: float(v.detach()) for k, v in terms.items()},
                   **{f"lr_{k}": v for k, v in self.optimizer.lrs().items()},
                   "samples_per_s": steps * self.cfg.data.batch_size / max(seconds, 1e-9)}
-        RunDir.append(self.run.metrics, record)
+        if self.dist.is_main:
+            RunDir.append(self.run.metrics, record)
         return record
 
     def evaluate_and_checkpoint(self) -> None:
+        """Rank 0 scores the validation split; every rank takes the same decision from it."""
         started = time.perf_counter()
-        metrics, gates = self.evaluate_valid(self.model)
-        RunDir.append(self.run.metrics, {"type": "valid", "step": self.step, **metrics})
+        gates = None
+        if self.dist.is_main:
+            metrics, gates = self.evaluate_valid(self.model)
+        metrics = self.dist.broadcast(metrics if self.dist.is_main else None)
         decision = self.best.decide(self.step, metrics[self.best.key])
-        RunDir.append(self.run.metrics, decision)
-        for record in gates.report(self.model.gate_experts):
-            RunDir.append(self.run.health, {"step": self.step, **record})
-        state = self.state_dict()
-        if decision["improved"]:
-            save_checkpoint(self.run.ckpt_best, state)
-        save_checkpoint(self.run.ckpt_last, state)
+        state = self.state_dict()  # gathers every rank's RNG state: all ranks take part
+        if self.dist.is_main:
+            RunDir.append(self.run.metrics, {"type": "valid", "step": self.step, **metrics})
+            RunDir.append(self.run.metrics, decision)
+            for record in gates.report(self.model.gate_experts):
+                RunDir.append(self.run.health, {"step": self.step, **record})
+            if decision["improved"]:
+                save_checkpoint(self.run.ckpt_best, state)
+            save_checkpoint(self.run.ckpt_last, state)
+        self.dist.barrier()  # a checkpoint is on disk before any rank goes on
         self.eval_seconds += time.perf_counter() - started
         log.info("step %d  valid %s=%.6f  best %.6f @ %d  loss=%.5f  (%.1fs)", self.step, self.best.key,
                  metrics[self.best.key], self.best.value if self.best.value is not None else float("nan"),
@@ -167,7 +227,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": rng_state(),
+            "rng": rng_state() if not self.dist.active else self.dist.gather(rng_state()),  # a list: one per rank
+            "world_size": self.dist.world_size,
             "data": self.stream.state(),
             "best": {"value": self.best.value, "step": self.best.step},
             "train_seconds": self.seconds,
@@ -183,7 +244,7 @@ class Trainer:
             scheduler.load_state_dict(state["schedulers"][name])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
+        self._restore_rng(state["rng"], int(state.get("world_size", 1)))
         self.stream.load_state(state["data"])
         self.best.value, self.best.step = state["best"]["value"], state["best"]["step"]
         self.step = int(state["step"])
@@ -194,3 +255,12 @@ class Trainer:
             log.warning("this run trained in %s before and continues in %s (%s)", earlier[-1], self.precision.name,
                         self.precision.reason)
         self.precisions = earlier + [self.precision.name] if earlier[-1:] != [self.precision.name] else earlier
+
+    def _restore_rng(self, saved, world_size: int) -> None:
+        """This rank's RNG state; at another world size the data order continues (positions
+        are global) but the random draws (dropout) start afresh, as with a new seed."""
+        if world_size == self.dist.world_size:
+            restore_rng_state(saved[self.dist.rank] if isinstance(saved, list) else saved)
+        else:
+            log.warning("this run trained with %d process(es) and continues with %d: the data order continues "
+                        "exactly, random draws (dropout) do not", world_size, self.dist.world_size)

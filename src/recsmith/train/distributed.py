@@ -1,0 +1,111 @@
+"""Several processes, one run: PyTorch's own engine (torch.distributed, DDP) under torchrun.
+
+A process started by `torchrun` (or any launcher that sets `RANK`, `WORLD_SIZE`,
+`LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) joins the process group on the backend for its
+device: gloo on CPU, NCCL on CUDA. Semantics (docs/distributed.md):
+
+* `data.batch_size` is the global batch: each optimizer step takes the same rows as one
+  process would, each rank 1/world of them (recsmith.data.batches.TrainStream);
+* every loss term is normalised by its count over the global batch (all ranks, all
+  accumulation micro-batches), and DDP averages gradients, so a step equals one process's;
+* rank 0 evaluates, writes the run dir (logs, metrics, checkpoints, eval.json, trackers)
+  and tells the others what it decided; checkpoints hold every rank's RNG state.
+
+`launch_command` builds the torchrun command line `recsmith ... --nproc N` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from recsmith.errors import ConfigError
+
+TIMEOUT = timedelta(seconds=int(os.environ.get("RECSMITH_DIST_TIMEOUT", "600")))  # a stuck collective ends here
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list | None:
+        """[every rank's obj] on rank 0, None elsewhere."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks (a new tensor; `tensor` is left as it is)."""
+        if not self.active:
+            return tensor
+        total = tensor.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+
+SINGLE = Distributed()
+
+
+def from_environment(device_type: str = "cpu") -> Distributed:
+    """This process's place in the job (joining the process group on first use), or SINGLE."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return SINGLE
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    return Distributed(rank, world_size, local_rank)
+
+
+def check_batch(batch_size: int, world_size: int, micro_batches: int) -> None:
+    """The global batch must split evenly over ranks and accumulation steps."""
+    if batch_size % (world_size * micro_batches):
+        raise ConfigError(f"data.batch_size {batch_size} does not split into {world_size} rank(s) × "
+                          f"{micro_batches} accumulation step(s) (optim.grad_accumulation_steps): make it a "
+                          f"multiple of {world_size * micro_batches}")
+
+
+def launch_command(nproc: int, args: list[str]) -> list[str]:
+    """`recsmith ARGS` as `nproc` processes on this machine, started by torchrun; each worker
+    gets its share of the cores as threads (two PyTorch processes with every core each run
+    many times slower than one)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "recsmith", *args]
+
+
+def worker_environment(nproc: int) -> dict:
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
