@@ -83,6 +83,9 @@ class DataConfig(Strict):
 class EmbeddingConfig(Strict):
     default_embedding_dim: int = Field(8, ge=1, le=1024)
     sparse_grad: bool = True
+    # how a run under torchrun cuts the tables over its ranks (TorchRec, recsmith.train.sharding):
+    # none replicates them (DDP); auto lets TorchRec's planner choose; one process never shards
+    sharding: Literal["none", "table_wise", "column_wise", "row_wise", "auto"] = "none"
 
 
 class ModelSection(BaseModel):

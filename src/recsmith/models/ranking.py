@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -64,6 +66,17 @@ class RankingModel(nn.Module):
     def dense_parameters(self) -> list[nn.Parameter]:
         sparse = {id(p) for p in self.sparse_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]
+
+    def sharded_view(self) -> "RankingModel":
+        """This model looking its features up in TorchRec tables, one per field, for
+        `embedding.sharding` to cut over the ranks (recsmith.train.sharded_tables). Every other
+        module, so every dense weight, is this model's own; this model keeps the fused table,
+        which is what is evaluated, checkpointed and served."""
+        from recsmith.models.layers.sharded_embedding import ShardedFeatureEmbedding  # TorchRec: an optional extra
+
+        view = copy.copy(self)  # shallow: the same submodules, then a table of its own
+        view._modules = {**self._modules, "embedding": ShardedFeatureEmbedding.like(self.embedding)}
+        return view
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor, with_gates: bool = False):
         emb, first_order = self.embedding(sparse)

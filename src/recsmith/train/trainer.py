@@ -1,7 +1,8 @@
 """The training loop. It sees a model that returns `{task: logits}` and a loss object
 returning `(total, terms)`; optimizer, schedule, precision, evaluation cadence, best
 selection and checkpoints come from the config. Under torchrun it runs on every rank with
-the model wrapped in DDP; rank 0 evaluates and writes (recsmith.train.distributed)."""
+the model wrapped in DDP (or, with embedding.sharding, in TorchRec's DistributedModelParallel:
+recsmith.train.sharded_tables); rank 0 evaluates and writes (recsmith.train.distributed)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,25 @@ from typing import Callable, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from recsmith.errors import TrainingError
+from recsmith.errors import ConfigError, TrainingError
 from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
 from recsmith.train.distributed import SINGLE, Distributed, check_batch
 from recsmith.train.optim import build_optimizer
 from recsmith.train.schedule import build_schedulers
+from recsmith.train.sharding import shard_tables
 
 log = logging.getLogger("recsmith.train")
+
+
+def _check_replicated_table(model, dist: Distributed, device: torch.device) -> None:
+    """NCCL has no sparse all-reduce (pytorch/pytorch#22400): DDP could not average a replicated
+    table's sparse gradient on CUDA."""
+    sparse = any(isinstance(m, torch.nn.Embedding) and m.sparse for m in model.modules())
+    if dist.active and device.type == "cuda" and sparse:
+        raise ConfigError("embedding.sparse_grad: NCCL cannot all-reduce sparse gradients (pytorch/pytorch#22400): "
+                          "set embedding.sparse_grad: false, or shard the table (embedding.sharding: table_wise, "
+                          "column_wise, row_wise or auto)")
 
 
 class BestTracker:
@@ -57,10 +69,16 @@ class Trainer:
         check_batch(cfg.data.batch_size, dist.world_size, parts)
         if dist.active or parts > 1:
             stream = stream.shard(dist.rank, dist.world_size, parts)
-        # what the forward pass runs through: DDP averages the gradients over ranks
-        self.net = DistributedDataParallel(model, broadcast_buffers=False) if dist.active else model
+        # what the forward pass runs through: DDP averages the gradients over ranks; a sharded table's
+        # shards live in TorchRec's wrapper, `model` keeps the whole table (evaluated, checkpointed)
+        self.sharded = shard_tables(model, cfg, dist, device)
+        if self.sharded:
+            self.net, self.optimizer = self.sharded.net, self.sharded.optimizer
+        else:
+            _check_replicated_table(model, dist, device)
+            self.net = DistributedDataParallel(model, broadcast_buffers=False) if dist.active else model
+            self.optimizer = build_optimizer(model, cfg)
         self.stream, self.evaluate_valid, self.device, self.precision = stream, evaluate_valid, device, precision
-        self.optimizer = build_optimizer(model, cfg)
         self.schedulers = build_schedulers(self.optimizer, cfg.lr_scheduler)
         self.scaler = precision.grad_scaler()
         selection = cfg.runtime.best_selection
@@ -75,6 +93,8 @@ class Trainer:
     def fit(self, on_step: Optional[Callable[[int, dict], None]] = None) -> None:
         rt = self.cfg.runtime
         self.model.train()
+        if self.sharded:  # the whole table as it is now (fresh, resumed or warm-started) into the shards
+            self.sharded.load(self.model)
         batches = iter(self.stream)
         running, count, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
         self._clock = time.perf_counter()
@@ -196,6 +216,8 @@ class Trainer:
         """Rank 0 scores the validation split; every rank takes the same decision from it."""
         started = time.perf_counter()
         gates = None
+        if self.sharded:
+            self.sharded.gather(self.model)
         if self.dist.is_main:
             metrics, gates = self.evaluate_valid(self.model)
         metrics = self.dist.broadcast(metrics if self.dist.is_main else None)
