@@ -124,11 +124,17 @@ class ShardedDualOptimizer(DualOptimizer):
         sparse = state["sparse"]
         whole = sparse["state"].get(0)
         blocks = {} if whole is None else {
-            i: {"step": whole["step"], "exp_avg": whole["exp_avg"][shard.rows, shard.columns].clone(),
+            i: {"step": _own(whole["step"]), "exp_avg": whole["exp_avg"][shard.rows, shard.columns].clone(),
                 "exp_avg_sq": whole["exp_avg_sq"][shard.rows, shard.columns].clone()}
             for i, shard in enumerate(self.shards)}
         self.sparse.load_state_dict({"state": blocks, "param_groups": [
             {**sparse["param_groups"][0], "params": list(range(len(self.blocks)))}]})
+
+
+def _own(step):
+    """A step counter of a block's own: LazyAdam counts in place (`+= 1`), so blocks sharing
+    one tensor would count each step once per block."""
+    return step.clone() if torch.is_tensor(step) else step
 
 
 def build_optimizer(model, cfg) -> DualOptimizer:

@@ -20,6 +20,7 @@ gradient in `.grad`, and recsmith's LazyAdam updates the shards (ShardedDualOpti
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 
@@ -28,8 +29,8 @@ import torch.distributed as torch_dist
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
 from torchrec.distributed.sharding_plan import column_wise, construct_module_sharding_plan, row_wise, table_wise
 from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
 
@@ -38,6 +39,8 @@ from recsmith.registry import Registry
 from recsmith.train.distributed import Distributed
 from recsmith.train.optim import ShardedDualOptimizer, TableShard
 
+# one warning per table that the dense kernel ignores the caching parameters it has none of
+logging.getLogger("torchrec.distributed.utils").setLevel(logging.ERROR)
 TABLES = "embedding.tables"  # where the EmbeddingBagCollection sits in the model's sharded view
 DENSE = EmbeddingComputeKernel.DENSE.value
 PLANS = Registry("embedding sharding")
@@ -76,7 +79,9 @@ def planned(tables, world_size: int, device: torch.device, sharder) -> ShardingP
     fused kernels, which it alone accepts with them; the shards then get the dense kernel
     (whose gradient it does not count in its memory estimate)."""
     types = [t for t in sharder.sharding_types(device.type) if t != ShardingType.DATA_PARALLEL.value]
-    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world_size, compute_device=device.type),
+    topology = TopologyFactory.create_topology(TrainerConfig(world_size=world_size),
+                                              kernel_config=KernelConfig(compute_device=device.type))
+    planner = EmbeddingShardingPlanner(topology=topology,
                                        constraints={name: ParameterConstraints(sharding_types=types)
                                                     for name in tables.embedding_bags})
     plan = planner.collective_plan(_Holder(tables), [sharder], torch_dist.group.WORLD)

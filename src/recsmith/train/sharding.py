@@ -30,10 +30,14 @@ def shard_tables(model, cfg, dist: Distributed, device: torch.device):
     if cfg.optim.clip_grad_norm:
         raise ConfigError("optim.clip_grad_norm: not supported with embedding.sharding (the joint norm would need every "
                           "rank's table shards): set it to null, or embedding.sharding: none")
+    root = logging.getLogger()
+    handlers = list(root.handlers)
     try:
         from recsmith.train.sharded_tables import ShardedTables
     except ImportError as exc:
         raise ConfigError(f"embedding.sharding: {setting} needs TorchRec ({exc}): install it with {INSTALL}") from None
+    finally:
+        root.handlers[:] = handlers  # importing torchrec.distributed adds a stderr handler to the root logger
     tables = ShardedTables.build(model, cfg, dist, device)
     log.info("embedding table sharded %s over %d ranks (TorchRec, dense kernel, LazyAdam per shard): %s", setting,
              dist.world_size, tables.plan)
