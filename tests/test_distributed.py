@@ -117,10 +117,12 @@ def node(node_rank: int, port: int, run_dir: Path, settings: dict, *extra: str) 
 
 
 def test_a_two_node_job_trains_and_resumes_like_one_process(tmp_path):
-    """Both 'machines' are killed after a checkpoint (a lost job), then the job is started again."""
+    """Both 'machines' are killed after a checkpoint (a lost job), then the job is started again.
+    It must reach the uninterrupted 2-rank run (two processes sum a step's gradient in another
+    order than one does, which 200 steps can carry past 1e-5 in a test AUC)."""
     settings = {**TINY, **FP32, "runtime.max_train_steps": 200, "lr_scheduler.total_steps": 200,
                 "runtime.eval_every_steps": 50}
-    train(E3, tmp_path / "one", settings)
+    train(E3, tmp_path / "one", settings, "--nproc", "2")
     port = free_port()
     nodes = [node(r, port, tmp_path / "two", settings) for r in (0, 1)]
     deadline = time.time() + 240
@@ -144,7 +146,7 @@ def test_a_two_node_job_trains_and_resumes_like_one_process(tmp_path):
 def test_kill_9_of_one_rank_ends_the_job_and_resume_matches(tmp_path):
     settings = {**TINY, **FP32, "runtime.max_train_steps": 400, "lr_scheduler.total_steps": 400,
                 "runtime.eval_every_steps": 50}
-    train(E3, tmp_path / "one", settings)
+    train(E3, tmp_path / "one", settings, "--nproc", "2")  # uninterrupted, at the same world size
     job = subprocess.Popen([sys.executable, "-m", "recsmith", "train", str(E3), "--run-dir", str(tmp_path / "two"),
                             *sets(settings), "--nproc", "2"], cwd=REPO, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "RECSMITH_NO_PROGRESS": "1"},
@@ -192,3 +194,41 @@ def _worker_pids(parent: int) -> list[int]:
         if b"recsmith" in cmdline and b"torch.distributed.run" not in cmdline and b"--nproc" not in cmdline:
             workers.append(pid)
     return sorted(workers)
+
+
+# ------------------------------------------------------------ the tables' sparse gradients
+def _mean_sparse_worker(rank: int, init: str, results: str) -> None:
+    import torch.distributed as dist
+
+    from recsmith.train.distributed import Distributed, data_parallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    shape = torch.Size([6, 3])
+    grads = {0: torch.sparse_coo_tensor([[1, 4, 1]], torch.arange(9.0).view(3, 3), shape),  # a repeated row
+             1: None}  # rank 1 looked nothing up
+    mean = Distributed(rank=rank, world_size=2).mean_sparse(grads[rank], shape)
+    model = torch.nn.Sequential(torch.nn.Embedding(6, 3, sparse=True), torch.nn.Linear(3, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(float(rank))  # rank 0's table must win, as DDP's own parameters do
+    net = data_parallel(model, Distributed(rank=rank, world_size=2))
+    torch.save({"mean": mean.to_dense(), "ignored": sorted(net.parameters_to_ignore),
+                "table": model[0].weight.detach().clone()}, f"{results}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_sparse_gradients_are_averaged_over_ranks_outside_ddp(tmp_path):
+    """The tables' sparse gradients skip DDP (gloo's sparse all-reduce corrupted a rank's heap
+    under LazyAdam: scripts/repro_gloo_sparse_crash.py) and are averaged with all_gather."""
+    import torch.multiprocessing as mp
+
+    init, results = f"file://{tmp_path / 'rendezvous'}", str(tmp_path / "result")
+    mp.start_processes(_mean_sparse_worker, args=(init, results), nprocs=2, start_method="spawn")
+    expected = torch.zeros(6, 3)
+    expected[1] = (torch.tensor([0.0, 1, 2]) + torch.tensor([6.0, 7, 8])) / 2
+    expected[4] = torch.tensor([3.0, 4, 5]) / 2
+    for rank in (0, 1):
+        out = torch.load(f"{results}.{rank}")
+        assert torch.equal(out["mean"], expected)
+        assert out["ignored"] == ["0.weight"]
+        assert torch.equal(out["table"], torch.zeros(6, 3))

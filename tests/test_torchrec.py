@@ -22,7 +22,6 @@ from recsmith.config.loader import validate_experiment
 from recsmith.errors import ConfigError
 from recsmith.train.distributed import Distributed
 from recsmith.train.sharding import INSTALL, shard_tables
-from recsmith.train.trainer import _check_replicated_table
 
 TOLERANCE = 1e-5
 SETTINGS = {**TINY, **FP32, "runtime.max_train_steps": 120, "lr_scheduler.total_steps": 120,
@@ -160,15 +159,29 @@ def test_without_torchrec_the_error_names_the_install_command(monkeypatch):
         shard_tables(_Shardable(), cfg, TWO_RANKS, torch.device("cpu"))
 
 
-def test_nccl_refuses_a_replicated_table_with_sparse_gradients():
-    """pytorch/pytorch#22400: no sparse all-reduce on NCCL; gloo (the CPU) has one."""
-    model = torch.nn.Sequential(torch.nn.Embedding(10, 4, sparse=True))
-    with pytest.raises(ConfigError, match="NCCL cannot all-reduce sparse gradients"):
-        _check_replicated_table(model, TWO_RANKS, torch.device("cuda"))
-    _check_replicated_table(model, TWO_RANKS, torch.device("cpu"))
-    _check_replicated_table(torch.nn.Sequential(torch.nn.Embedding(10, 4)), TWO_RANKS, torch.device("cuda"))
-
-
 def test_an_unknown_sharding_is_a_config_error():
     with pytest.raises(Exception, match="embedding.sharding"):
         config(**{"embedding.sharding": "diagonal"})
+
+
+def test_torchrecs_fused_cpu_kernels_update_inside_backward_and_offer_no_adam(torchrec):
+    """Why the shards use the dense kernel and LazyAdam (docs/distributed.md): fbgemm's fused
+    kernels apply their optimizer inside the backward (no gradient is left, so accumulation
+    micro-batches and clipping cannot act on a step's gradient), and on the CPU they offer
+    exact SGD and Adagrad variants, not Adam. When this fails, fbgemm changed: revisit."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen
+
+    def table(optimizer):
+        return SplitTableBatchedEmbeddingBagsCodegen([(10, 4, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+                                                     optimizer=optimizer, learning_rate=0.1)
+
+    with pytest.raises(AssertionError, match="adam is not supported in CPU mode"):
+        table(EmbOptimType.ADAM)
+    fused = table(EmbOptimType.EXACT_ROWWISE_ADAGRAD)
+    before = fused.split_embedding_weights()[0].clone()
+    fused(indices=torch.tensor([1, 3]), offsets=torch.tensor([0, 1, 2])).sum().backward()
+    moved = (fused.split_embedding_weights()[0] - before).abs().sum(dim=1) > 0
+    assert moved.tolist() == [i in (1, 3) for i in range(10)]  # updated by backward() alone, only the rows looked up
+    assert all(p.grad is None for p in fused.parameters())  # and no gradient left for an optimizer step

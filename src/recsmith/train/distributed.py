@@ -7,7 +7,8 @@ device: gloo on CPU, NCCL on CUDA. Semantics (docs/distributed.md):
 * `data.batch_size` is the global batch: each optimizer step takes the same rows as one
   process would, each rank 1/world of them (recsmith.data.batches.TrainStream);
 * every loss term is normalised by its count over the global batch (all ranks, all
-  accumulation micro-batches), and DDP averages gradients, so a step equals one process's;
+  accumulation micro-batches), and gradients are averaged over the ranks (DDP for dense
+  ones, `mean_sparse` for embedding tables' sparse ones), so a step equals one process's;
 * rank 0 evaluates, writes the run dir (logs, metrics, checkpoints, eval.json, trackers)
   and tells the others what it decided; checkpoints hold every rank's RNG state.
 
@@ -73,7 +74,54 @@ class Distributed:
         return total
 
 
+    def mean_sparse(self, grad: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
+        """The mean over ranks of a sparse COO gradient (None: this rank looked nothing up),
+        as the concatenation of every rank's entries (in rank order) over world_size.
+
+        Built from dense all_gathers rather than DDP's sparse all-reduce: gloo's sparse
+        all-reduce corrupted the heap of a rank under LazyAdam within a few thousand steps
+        (torch 2.13.0, `scripts/repro_gloo_sparse_crash.py`), and NCCL has none at all
+        (pytorch/pytorch#22400); all_gather is on every backend."""
+        if grad is None:
+            grad = torch.sparse_coo_tensor(torch.empty((1, 0), dtype=torch.long), torch.empty((0, *shape[1:])), shape)
+        indices, values = grad._indices(), grad._values()
+        count = torch.tensor([values.shape[0]], device=values.device)
+        counts = [torch.empty_like(count) for _ in range(self.world_size)]
+        dist.all_gather(counts, count)
+        counts = [int(c) for c in counts]
+        most = max(counts)
+        padded_indices = indices.new_zeros((indices.shape[0], most))
+        padded_indices[:, : counts[self.rank]] = indices
+        padded_values = values.new_zeros((most, *values.shape[1:]))
+        padded_values[: counts[self.rank]] = values
+        all_indices = [torch.empty_like(padded_indices) for _ in range(self.world_size)]
+        all_values = [torch.empty_like(padded_values) for _ in range(self.world_size)]
+        dist.all_gather(all_indices, padded_indices)
+        dist.all_gather(all_values, padded_values)
+        indices = torch.cat([part[:, :n] for part, n in zip(all_indices, counts)], dim=1)
+        values = torch.cat([part[:n] for part, n in zip(all_values, counts)]).div_(self.world_size)
+        return torch.sparse_coo_tensor(indices, values, shape)
+
+
 SINGLE = Distributed()
+
+
+def sparse_gradient_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The weights whose gradient is sparse (embeddings with sparse=True), by name."""
+    return {f"{name}.weight" if name else "weight": module.weight for name, module in model.named_modules()
+            if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and module.sparse}
+
+
+def data_parallel(model: torch.nn.Module, dist_: Distributed):
+    """`model` in DDP, which averages the dense gradients; the sparse ones are left to
+    `Distributed.mean_sparse` (the Trainer calls it after a step's backward)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    sparse = sparse_gradient_parameters(model)
+    for weight in sparse.values():  # what DDP does for the parameters it keeps: every rank starts from rank 0's
+        dist.broadcast(weight.data, src=0)
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(sparse))
+    return DistributedDataParallel(model, forward_sync_buffers=False)
 
 
 def from_environment(device_type: str = "cpu") -> Distributed:

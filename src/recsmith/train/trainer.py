@@ -13,27 +13,16 @@ import time
 from typing import Callable, Optional
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from recsmith.errors import ConfigError, TrainingError
+from recsmith.errors import TrainingError
 from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
-from recsmith.train.distributed import SINGLE, Distributed, check_batch
+from recsmith.train.distributed import SINGLE, Distributed, check_batch, data_parallel, sparse_gradient_parameters
 from recsmith.train.optim import build_optimizer
 from recsmith.train.schedule import build_schedulers
 from recsmith.train.sharding import shard_tables
 
 log = logging.getLogger("recsmith.train")
-
-
-def _check_replicated_table(model, dist: Distributed, device: torch.device) -> None:
-    """NCCL has no sparse all-reduce (pytorch/pytorch#22400): DDP could not average a replicated
-    table's sparse gradient on CUDA."""
-    sparse = any(isinstance(m, torch.nn.Embedding) and m.sparse for m in model.modules())
-    if dist.active and device.type == "cuda" and sparse:
-        raise ConfigError("embedding.sparse_grad: NCCL cannot all-reduce sparse gradients (pytorch/pytorch#22400): "
-                          "set embedding.sparse_grad: false, or shard the table (embedding.sharding: table_wise, "
-                          "column_wise, row_wise or auto)")
 
 
 class BestTracker:
@@ -69,15 +58,16 @@ class Trainer:
         check_batch(cfg.data.batch_size, dist.world_size, parts)
         if dist.active or parts > 1:
             stream = stream.shard(dist.rank, dist.world_size, parts)
-        # what the forward pass runs through: DDP averages the gradients over ranks; a sharded table's
+        # what the forward pass runs through: DDP averages the dense gradients over ranks; a sharded table's
         # shards live in TorchRec's wrapper, `model` keeps the whole table (evaluated, checkpointed)
         self.sharded = shard_tables(model, cfg, dist, device)
         if self.sharded:
             self.net, self.optimizer = self.sharded.net, self.sharded.optimizer
         else:
-            _check_replicated_table(model, dist, device)
-            self.net = DistributedDataParallel(model, broadcast_buffers=False) if dist.active else model
+            self.net = data_parallel(model, dist) if dist.active else model
             self.optimizer = build_optimizer(model, cfg)
+        # the tables' sparse gradients, which DDP leaves to Distributed.mean_sparse
+        self.sparse_weights = sparse_gradient_parameters(model) if dist.active and not self.sharded else {}
         self.stream, self.evaluate_valid, self.device, self.precision = stream, evaluate_valid, device, precision
         self.schedulers = build_schedulers(self.optimizer, cfg.lr_scheduler)
         self.scaler = precision.grad_scaler()
@@ -163,6 +153,8 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss = loss + part_loss.detach()
             terms = {k: terms.get(k, 0.0) + v.detach() for k, v in part_terms.items()}
+        for weight in self.sparse_weights.values():  # DDP averaged the dense gradients in the last backward
+            weight.grad = self.dist.mean_sparse(weight.grad, weight.shape)
         if self.cfg.optim.clip_grad_norm:
             self._clip_gradients(self.cfg.optim.clip_grad_norm)
         self.optimizer.step(self.scaler)
