@@ -161,6 +161,7 @@ def test_kill_9_of_one_rank_ends_the_job_and_resume_matches(tmp_path):
     output = job.communicate(timeout=120)[0]
     ended_in = time.time() - killed
     assert job.returncode != 0 and ended_in < 60, (ended_in, output[-2000:])
+    assert "error: the 2-process job stopped" in output and "with --resume to continue" in output
     assert not (tmp_path / "two" / "eval.json").exists()
     resumed = run_cli("train", E3, "--run-dir", tmp_path / "two", *sets(settings), "--nproc", "2", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

@@ -118,7 +118,12 @@ def _launch(nproc: int, args: list[str]) -> int:
 
     from recsmith.train.distributed import launch_command, worker_environment
 
-    return subprocess.run(launch_command(nproc, args), env=worker_environment(nproc)).returncode
+    code = subprocess.run(launch_command(nproc, args), env=worker_environment(nproc)).returncode
+    if code != 0:  # torchrun's report above names the rank that failed first ("Root Cause")
+        again = "" if "--resume" in args else " with --resume"
+        print(f"error: the {nproc}-process job stopped (torchrun exit {code}; its 'Root Cause' above names the rank "
+              f"that failed first); run the same command{again} to continue from the last checkpoint", file=sys.stderr)
+    return code
 
 
 def _print_result(result: dict, run_dir: Path) -> None:
