@@ -83,7 +83,8 @@ class Distributed:
         (torch 2.13.0, `scripts/repro_gloo_sparse_crash.py`), and NCCL has none at all
         (pytorch/pytorch#22400); all_gather is on every backend."""
         if grad is None:
-            grad = torch.sparse_coo_tensor(torch.empty((1, 0), dtype=torch.long), torch.empty((0, *shape[1:])), shape)
+            grad = torch.sparse_coo_tensor(torch.empty((1, 0), dtype=torch.long), torch.empty((0, *shape[1:])), shape,
+                                           check_invariants=True)
         indices, values = grad._indices(), grad._values()
         count = torch.tensor([values.shape[0]], device=values.device)
         counts = [torch.empty_like(count) for _ in range(self.world_size)]
@@ -100,7 +101,7 @@ class Distributed:
         dist.all_gather(all_values, padded_values)
         indices = torch.cat([part[:, :n] for part, n in zip(all_indices, counts)], dim=1)
         values = torch.cat([part[:n] for part, n in zip(all_values, counts)]).div_(self.world_size)
-        return torch.sparse_coo_tensor(indices, values, shape)
+        return torch.sparse_coo_tensor(indices, values, shape, check_invariants=True)  # ids in range: O(nnz)
 
 
 SINGLE = Distributed()
@@ -155,5 +156,9 @@ def launch_command(nproc: int, args: list[str]) -> list[str]:
 
 
 def worker_environment(nproc: int) -> dict:
+    """torchrun's environment: the workers' threads, and the process group's own TCP store
+    (with the store shared with torchrun's rendezvous, workers restarted by --max-restarts
+    read the previous round's addresses and fail to connect: pytorch/pytorch#135712)."""
     threads = max(1, (os.cpu_count() or 1) // nproc)
-    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")}
