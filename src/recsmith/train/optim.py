@@ -22,7 +22,10 @@ class DualOptimizer:
 
     def __init__(self, sparse_params, dense_params, optim_cfg, sparse_grad: bool = True):
         s, d = optim_cfg.sparse, optim_cfg.dense
-        if sparse_grad:
+        sparse_params = list(sparse_params)
+        if not sparse_params:  # a model without embedding tables of its own (a transformer): one optimizer
+            self.sparse = None
+        elif sparse_grad:
             self.sparse = SPARSE_OPTIMIZERS[s.type](sparse_params, lr=s.lr, betas=tuple(s.betas), eps=s.eps)
         else:  # dense embedding gradients: plain Adam at the sparse learning rate
             self.sparse = torch.optim.Adam(sparse_params, lr=s.lr, betas=tuple(s.betas), eps=s.eps)
@@ -32,7 +35,8 @@ class DualOptimizer:
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"sparse": self.sparse, "dense": self.dense}
+        both = {"sparse": self.sparse, "dense": self.dense}
+        return {name: opt for name, opt in both.items() if opt is not None}
 
     def zero_grad(self) -> None:
         for opt in self.optimizers.values():

@@ -116,4 +116,4 @@ def prepared_directory(data_cfg, progress: Progress = None) -> Path:
     return path
 
 
-from recsmith.data.sources import ali_ccp, census, movielens, synthetic, table  # noqa: E402,F401  (register)
+from recsmith.data.sources import ali_ccp, census, movielens, synthetic, table, text  # noqa: E402,F401  (register)
