@@ -141,10 +141,17 @@ class OptimConfig(Strict):
 
 
 class LRSchedulerConfig(Strict):
-    type: Literal["cosine", "constant"] = "cosine"
+    """Linear warm-up over `warmup_steps`, then: `constant`; `cosine` or `linear` decay to
+    `min_lr_ratio` at `total_steps`; or `plateau`: constant, times `plateau_factor` each time
+    the validation metric has not improved for `plateau_patience` evaluations in a row
+    (ReduceLROnPlateau's rule, never below `min_lr_ratio`)."""
+
+    type: Literal["cosine", "constant", "linear", "plateau"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     total_steps: Optional[int] = Field(None, ge=1)
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    plateau_patience: int = Field(2, ge=1)
 
 
 class BestSelectionConfig(Strict):

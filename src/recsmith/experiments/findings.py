@@ -10,6 +10,7 @@ from pathlib import Path
 
 from recsmith.atomic import write_text_atomic
 from recsmith.experiments.alarms import applying
+from recsmith.experiments.comparisons import p_value_test
 from recsmith.experiments.report import load_results
 from recsmith.experiments.summary import delta_alarms
 
@@ -102,7 +103,7 @@ def _gains(results: dict) -> list[str]:
             if m.get("verdict") not in ("significant", "within noise"):
                 out.append(f"- {c['title']}, {m['metric']}: n/a ({m.get('reason', 'not computed')})")
                 continue
-            p = "" if m["p_value"] is None else f", DeLong p = {m['p_value']:.2g}"
+            p = "" if m["p_value"] is None else f", {p_value_test(m['metric'])} p = {m['p_value']:.2g}"
             out.append(f"- {c['title']}, {m['metric']}: {m['delta']:+.4f} (95% CI [{m['ci_low']:+.4f}, "
                        f"{m['ci_high']:+.4f}]{p}): {_verdict(m['verdict'], m.get('alarms') or [])}")
     return out

@@ -20,12 +20,13 @@ from recsmith.errors import ConfigError
 from recsmith.experiments import plots
 from recsmith.experiments.alarms import applying
 from recsmith.experiments.columns import headline_metrics, informative, is_topk, ordered_metrics
+from recsmith.experiments.comparisons import TEXT_KINDS, p_value_test
 from recsmith.experiments.summary import INTERVAL_RESAMPLES, metric_columns, oracle_values, summary_row
 from recsmith.metrics.funnel import target_rows
 from recsmith.run_dir import RunDir
 from recsmith.train.predictions import load_predictions
 
-TABLE_FAMILIES = ("auc", "gauc", "logloss", "ndcg", "hr", "mrr")  # the summary table's metrics
+TABLE_FAMILIES = ("auc", "gauc", "logloss", "ndcg", "hr", "mrr")  # the summary table's metrics (and TEXT_KINDS')
 CHART_FAMILIES = ("auc", "ndcg")  # the bar chart's and learning curves' panels
 CALIBRATION_BINS = 10
 
@@ -188,7 +189,8 @@ def _calibration(run: RunDir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 # ------------------------------------------------------------------------ tables
 def _summary_table(rows: list[dict], errors: dict, error_label: str, seeds: dict | None) -> dict:
-    metrics = informative(rows, headline_metrics(metric_columns(rows), TABLE_FAMILIES))
+    columns = metric_columns(rows)  # a text classifier's metrics have no family: `accuracy`, `auc`, ...
+    metrics = informative(rows, headline_metrics(columns, TABLE_FAMILIES) + [m for m in columns if m in TEXT_KINDS])
     labelled = any(is_topk(m) for m in metrics)  # both families: say which protocol each column is
     header = ["exp", "status", "best step",
               *(f"{m} ({'top-K' if is_topk(m) else 'CTR-style'})" if labelled else m for m in metrics),
@@ -239,13 +241,17 @@ def _delta_table(results: dict) -> dict:
         for m in c["metrics"]:
             if m.get("verdict") in ("significant", "within noise"):
                 p = "n/a" if m["p_value"] is None else (f"{m['p_value']:.4f}" if m["p_value"] >= 1e-4 else "<1e-4")
+                if m["p_value"] is not None and p_value_test(m["metric"]) != "DeLong":
+                    p += f" ({p_value_test(m['metric'])})"  # a text classifier's accuracy
                 body.append([c["title"], m["metric"], f"{m['delta']:+.4f}",
                              f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]", p, m["verdict"], _alarms_cell(m)])
             else:
                 body.append([c["title"], m["metric"], "n/a", "n/a", "n/a", m.get("reason", "n/a"), _alarms_cell(m)])
+    marked = any(cell.endswith("(McNemar)") for row in body for cell in row[4:5])
     return {"header": header, "rows": body,
             "note": "paired bootstrap over the test rows (users for GAUC and top-K metrics); DeLong's test for "
-                    "AUCs only; a delta with an alarm is not a finding until the alarm is explained"}
+                    "AUCs only" + ("; McNemar's exact test where marked (a text classifier's accuracy)" if marked
+                                   else "") + "; a delta with an alarm is not a finding until the alarm is explained"}
 
 
 def _alarms_cell(stat: dict) -> str:

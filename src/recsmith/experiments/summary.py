@@ -17,7 +17,8 @@ from pathlib import Path
 from recsmith.atomic import write_json_atomic, write_text_atomic
 from recsmith.experiments.alarms import applying, run_alarms
 from recsmith.experiments.columns import ORACLE, ordered_metrics
-from recsmith.experiments.comparisons import RESAMPLES, DeltaStat, RunArrays, comparison_stats, run_intervals
+from recsmith.experiments.comparisons import (RESAMPLES, TEXT_KINDS, DeltaStat, RunArrays, comparison_stats,
+                                              run_intervals)
 from recsmith.run_dir import RunDir
 
 FIRST_FIELDS = ("exp_id", "description", "status", "alarms", "primary_key", "best_step", "max_train_steps")
@@ -25,6 +26,8 @@ LAST_FIELDS = ("valid_auc_primary", "train_precision", "score_precision", "budge
                "epochs", "stop_reason", "wall_seconds", "run_dir")
 ROW_FIELDS = (*FIRST_FIELDS, *LAST_FIELDS, "intervals")
 INTERVAL_RESAMPLES = 300  # per-run intervals; the deltas get RESAMPLES
+TEXT_NOTE = ("Text classifiers: CI over test rows for accuracy, macro_f1, logloss and auc; p: McNemar's",
+             "exact test for accuracy (its verdict also needs p < 0.05), DeLong's for auc, n/a for the others.")
 
 
 def run_status(run: RunDir) -> str:
@@ -160,6 +163,8 @@ def delta_analysis(chain, rows: list[dict], stats: dict | None = None) -> str:
              "p: DeLong's test, for AUCs only (n/a for the others). Verdict: 'significant' when the CI",
              "excludes 0 and, for an AUC, p < 0.05; else 'within noise'. '!' marks a delta a sanity",
              "alarm applies to (listed under the comparison): not a finding until explained.", ""]
+    if any(isinstance(s, DeltaStat) and s.metric in TEXT_KINDS for s in stats.values()):
+        lines[-1:-1] = TEXT_NOTE
     lines += _alarm_lines(rows)
     oracle = oracle_values(rows)
     if oracle:

@@ -2,7 +2,8 @@
 comparisons between runs (paired bootstrap intervals, DeLong's test) can be computed
 later from run dirs alone, on exactly the rows and scores the metrics were computed on.
 Next-item runs also keep each test user's target rank (`target_ranks_test.npz`), what
-their top-K metrics (NDCG, HR, MRR) are computed from."""
+their top-K metrics (NDCG, HR, MRR) are computed from. Text classifiers keep their class
+probabilities and true classes instead (`predictions_text_test.npz`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from recsmith.tasks import TaskSpec
 
 KEPT_COLUMNS = ("user", "conversion_if_clicked")  # GAUC groups; the synthetic counterfactual
 RANKS_FILE = "target_ranks_test.npz"
+TEXT_FILE = "predictions_text_test.npz"
 
 
 @dataclass
@@ -84,3 +86,30 @@ def save_target_ranks(path: str | Path, ranks: np.ndarray, users: np.ndarray, da
 def load_target_ranks(path: str | Path) -> TargetRanks:
     with np.load(path, allow_pickle=False) as data:
         return TargetRanks(data["ranks"], data["users"], json.loads(str(data["meta"]))["dataset"])
+
+
+@dataclass
+class TextPredictions:
+    """A text classifier's test scoring: what its accuracy, macro-F1, log loss and AUC were
+    computed from, in test-row order (the same rows, in the same order, in every run of a
+    chain: the split is seeded by data.seed)."""
+
+    probabilities: np.ndarray  # [N, C] float64 class probabilities (saved as the float32 the metrics saw)
+    labels: np.ndarray  # [N] int64 true class indices
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+    @property
+    def classes(self) -> int:
+        return self.probabilities.shape[1]
+
+
+def text_predictions_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TEXT_FILE
+
+
+def load_text_predictions(path: str | Path) -> TextPredictions:
+    with np.load(path, allow_pickle=False) as data:
+        return TextPredictions(data["probabilities"].astype(np.float64), data["labels"].astype(np.int64))

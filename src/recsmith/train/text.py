@@ -21,6 +21,7 @@ from recsmith.train.diagnostics import GateStats
 from recsmith.train.text_data import TextStream, TokenizedSplit
 
 REPORT_FILE, CONFUSION_FILE = "classification_report.txt", "confusion_matrix.png"
+PREDICTIONS_FILE = "predictions_text_test.npz"  # probabilities [N, C] and labels [N] of the test split
 
 
 class ClassificationLoss:
@@ -99,6 +100,6 @@ class TextSetup:
         write_text_atomic(run.path / REPORT_FILE, classification_report_text(test.labels, probs, self.classes))
         matrix = confusion_matrix(test.labels, probs.argmax(1), len(self.classes))
         plot_confusion_matrix(matrix, self.classes, run.path / CONFUSION_FILE, f"{self.cfg.name} (test)")
-        np.savez(run.path / "predictions_text_test.npz", probabilities=probs, labels=test.labels)
+        np.savez(run.path / PREDICTIONS_FILE, probabilities=probs, labels=test.labels)
         return {"test": metrics, "best_step": best["step"], "test_rows": len(test),
                 "classes": self.classes, "trainable_parameters": self.model.trainable_parameters()}

@@ -19,7 +19,7 @@ from recsmith.run_dir import RunDir
 from recsmith.train.checkpoint import restore_rng_state, rng_state, save_checkpoint
 from recsmith.train.distributed import SINGLE, Distributed, check_batch, data_parallel, sparse_gradient_parameters
 from recsmith.train.optim import build_optimizer
-from recsmith.train.schedule import build_schedulers
+from recsmith.train.schedule import build_schedulers, observe_validation
 from recsmith.train.sharding import shard_tables
 
 log = logging.getLogger("recsmith.train")
@@ -214,6 +214,7 @@ class Trainer:
             metrics, gates = self.evaluate_valid(self.model)
         metrics = self.dist.broadcast(metrics if self.dist.is_main else None)
         decision = self.best.decide(self.step, metrics[self.best.key])
+        observe_validation(self.schedulers, decision["improved"])
         state = self.state_dict()  # gathers every rank's RNG state: all ranks take part
         if self.dist.is_main:
             RunDir.append(self.run.metrics, {"type": "valid", "step": self.step, **metrics})
