@@ -27,7 +27,7 @@ import numpy as np
 
 from recsmith.experiments.columns import TOPK_FAMILIES, split_name
 from recsmith.metrics.auc import auc
-from recsmith.metrics.classification import (CLASS_EPS, _ResampledMacroF1, classification_metrics, mcnemar,
+from recsmith.metrics.classification import (CLASS_EPS, ResampledMacroF1, classification_metrics, mcnemar,
                                              row_logloss)
 from recsmith.metrics.funnel import target_rows
 from recsmith.metrics.ranking import per_target
@@ -69,7 +69,7 @@ def _true_class_logloss(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 TEXT_KINDS = {
     "accuracy": TextKind(lambda y, p: ResampledMean(_correct(y, p)),
                          lambda y, a, b: mcnemar(_correct(y, a), _correct(y, b))["p_value"], "McNemar"),
-    "macro_f1": TextKind(lambda y, p: _ResampledMacroF1(y, p.argmax(axis=1), p.shape[1])),
+    "macro_f1": TextKind(lambda y, p: ResampledMacroF1(y, p.argmax(axis=1), p.shape[1])),
     "auc": TextKind(lambda y, p: ResampledAUC(y, p[:, 1]), lambda y, a, b: delong(y, a[:, 1], b[:, 1]).p_value,
                     "DeLong", classes=2),
     "logloss": TextKind(lambda y, p: ResampledMean(_true_class_logloss(y, p))),

@@ -216,7 +216,7 @@ def paired_bootstrap_delta(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.nd
         score = ResampledMean((b == y).astype(np.float64) - (a == y))
     elif metric == "macro_f1":
         classes = num_classes or int(max(y.max(), a.max(), b.max())) + 1
-        f1_a, f1_b = (_ResampledMacroF1(y, guess, classes) for guess in (a, b))
+        f1_a, f1_b = (ResampledMacroF1(y, guess, classes) for guess in (a, b))
 
         def score(counts: np.ndarray) -> np.ndarray:
             return f1_b(counts) - f1_a(counts)
@@ -227,7 +227,7 @@ def paired_bootstrap_delta(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.nd
     return {"delta": float(score(np.ones((1, y.size)))[0]), "low": low, "high": high}
 
 
-class _ResampledMacroF1:
+class ResampledMacroF1:
     """Macro F1 of resampled rows: `(counts [R, N]) → [R]`, a resample's confusion counts
     being count-weighted sums of the rows' one-hot hits, true classes and predictions."""
 

@@ -110,6 +110,14 @@ def text_predictions_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / TEXT_FILE
 
 
+def save_text_predictions(run_dir: str | Path, probabilities: np.ndarray, labels: np.ndarray, dataset: str) -> None:
+    """A text run's test probabilities [N, C] and labels [N] (atomically), with the prepared
+    dataset they came from."""
+    _write_npz(text_predictions_path(run_dir), {"probabilities": np.asarray(probabilities, np.float32),
+                                                "labels": np.asarray(labels, np.int64),
+                                                "dataset": np.array(str(dataset))})
+
+
 def load_text_predictions(path: str | Path) -> TextPredictions:
     with np.load(path, allow_pickle=False) as data:
         return TextPredictions(data["probabilities"].astype(np.float64), data["labels"].astype(np.int64))

@@ -18,10 +18,10 @@ from recsmith.metrics.classification import (
 from recsmith.models.text.classifier import TASK, TextClassifier, load_tokenizer
 from recsmith.train.checkpoint import load_checkpoint
 from recsmith.train.diagnostics import GateStats
+from recsmith.train.predictions import save_text_predictions
 from recsmith.train.text_data import TextStream, TokenizedSplit
 
 REPORT_FILE, CONFUSION_FILE = "classification_report.txt", "confusion_matrix.png"
-PREDICTIONS_FILE = "predictions_text_test.npz"  # probabilities [N, C] and labels [N] of the test split
 
 
 class ClassificationLoss:
@@ -55,6 +55,15 @@ def predict_probabilities(model, split: TokenizedSplit, batch_size: int, device)
         out[rows.numpy()] = probs
     model.train(was_training)
     return out
+
+
+def write_test_artefacts(run, name: str, labels: np.ndarray, probabilities: np.ndarray, classes: list[str],
+                         dataset_dir) -> None:
+    """classification_report.txt, confusion_matrix.png and the test predictions of a text run."""
+    write_text_atomic(run.path / REPORT_FILE, classification_report_text(labels, probabilities, classes))
+    matrix = confusion_matrix(labels, probabilities.argmax(1), len(classes))
+    plot_confusion_matrix(matrix, classes, run.path / CONFUSION_FILE, f"{name} (test)")
+    save_text_predictions(run.path, probabilities, labels, str(dataset_dir))
 
 
 class TextSetup:
@@ -97,9 +106,6 @@ class TextSetup:
         self.model.load_state_dict(best["model"])
         test = TokenizedSplit.load(dataset_dir, "test", self.tokenizer, self.cfg.model.max_length)
         metrics, probs = self._metrics(self.model, test)
-        write_text_atomic(run.path / REPORT_FILE, classification_report_text(test.labels, probs, self.classes))
-        matrix = confusion_matrix(test.labels, probs.argmax(1), len(self.classes))
-        plot_confusion_matrix(matrix, self.classes, run.path / CONFUSION_FILE, f"{self.cfg.name} (test)")
-        np.savez(run.path / PREDICTIONS_FILE, probabilities=probs, labels=test.labels)
+        write_test_artefacts(run, self.cfg.name, test.labels, probs, self.classes, dataset_dir)
         return {"test": metrics, "best_step": best["step"], "test_rows": len(test),
                 "classes": self.classes, "trainable_parameters": self.model.trainable_parameters()}

@@ -11,17 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from recsmith.atomic import write_text_atomic
 from recsmith.data.schema import DatasetSchema
 from recsmith.errors import ConfigError, DataError
 from recsmith.metrics.classification import (
     classification_metrics,
-    classification_report_text,
-    confusion_matrix,
-    plot_confusion_matrix,
 )
 from recsmith.run_dir import RunDir
-from recsmith.train.text import CONFUSION_FILE, PREDICTIONS_FILE, REPORT_FILE
+from recsmith.train.text import write_test_artefacts
 from recsmith.train.text_data import read_split
 
 log = logging.getLogger("recsmith.train")
@@ -91,10 +87,7 @@ def fit_tfidf(cfg, run: RunDir, dataset_dir: Path) -> dict:
     run.metrics.unlink(missing_ok=True)  # a refit after a failed attempt replaces its record
     RunDir.append(run.metrics, {"type": "valid", "step": 0, **metrics["valid"]})
     labels, test = splits["test"][1], probs["test"]
-    write_text_atomic(run.path / REPORT_FILE, classification_report_text(labels, test, classes))
-    plot_confusion_matrix(confusion_matrix(labels, test.argmax(1), len(classes)), classes, run.path / CONFUSION_FILE,
-                          f"{cfg.name} (test)")
-    np.savez(run.path / PREDICTIONS_FILE, probabilities=test, labels=labels)
+    write_test_artefacts(run, cfg.name, labels, test, classes, dataset_dir)
     return {"best_step": 0, "valid": metrics["valid"], "test": metrics["test"], "test_rows": len(labels),
             "classes": classes, "parameters": model.parameters, "trainable_parameters": model.parameters,
             "vocabulary": model.vocabulary}
