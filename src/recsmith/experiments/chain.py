@@ -20,6 +20,7 @@ from recsmith.config.loader import (
 )
 from recsmith.config.schema import ExperimentConfig
 from recsmith.errors import ChainError, ConfigError, did_you_mean
+from recsmith.experiments.keep import SaveModel
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -58,6 +59,7 @@ class ChainConfig(BaseModel):
     set: dict[str, Any] = {}
     experiments: list[ChainExperiment] = Field(min_length=1)
     comparisons: list[Comparison] = []
+    save_model: SaveModel = Field(default_factory=SaveModel)  # top_k: keep the k best runs' checkpoints
 
     @model_validator(mode="after")
     def _ids(self):

@@ -29,6 +29,7 @@ from recsmith.experiments.diagnosis import recognise, tail
 from recsmith.experiments.seeds import with_seed, write_seed_summary
 from recsmith.experiments.alarms import applying
 from recsmith.experiments.columns import PRIMARY, headline_metrics, informative
+from recsmith.experiments.keep import prune_checkpoints
 from recsmith.experiments.summary import build_summary, metric_columns, oracle_values, write_summary
 from recsmith.plugins import family_of
 from recsmith.run_dir import RunDir
@@ -109,7 +110,24 @@ class ChainRunner:
         with self.console.status("summary: paired bootstrap intervals and DeLong tests for each delta"):
             paths = write_summary(self.chain, rows)
         self._report(rows, paths)
+        self._keep_best(rows)
         return code
+
+    def _keep_best(self, rows: list[dict]) -> None:
+        """save_model.top_k: the checkpoints of the k best runs by validation primary metric."""
+        top_k = self.chain.spec.save_model.top_k
+        keys = {r["primary_key"] for r in rows if r.get("primary_key")}
+        if top_k is None or not keys:
+            return
+        if len(keys) > 1:
+            self.console.print(f"save_model.top_k: the runs select by different metrics ({', '.join(sorted(keys))}), "
+                               "so no ranking: every checkpoint kept")
+            return
+        runs = {r["exp_id"]: (self.chain.output_dir / r["exp_id"], r.get("valid_auc_primary")) for r in rows}
+        pruned = prune_checkpoints(runs, keys.pop(), top_k)
+        if pruned:
+            self.console.print(f"save_model.top_k {top_k}: deleted the checkpoints of {', '.join(pruned)} (their "
+                               "eval.json, reports and predictions stay)", highlight=False)
 
     def run_seeds(self, selected: list[ResolvedExperiment], resume: bool, seeds: list[int],
                   dry_run: bool = False) -> int:

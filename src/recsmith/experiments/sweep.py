@@ -41,6 +41,7 @@ from recsmith.atomic import write_json_atomic, write_text_atomic
 from recsmith.config.loader import dump_yaml, load_with_extends, resolve_experiment, validate_model
 from recsmith.env_info import busy_cpu_seconds
 from recsmith.errors import ChainError, ConfigError
+from recsmith.experiments.keep import SaveModel, prune_checkpoints
 from recsmith.experiments.summary import run_status
 from recsmith.metrics.direction import lower_is_better
 from recsmith.experiments.runner import train_command
@@ -53,11 +54,6 @@ SHARED = 0.1  # other processes using more than this share of the CPUs: the timi
 def _children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-class SaveModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    top_k: Optional[int] = Field(None, ge=0)  # None: keep every point's checkpoints
 
 
 class SweepSpec(BaseModel):
@@ -163,11 +159,10 @@ class Sweep:
                         reverse=not lower_is_better(self.primary))
         for rank, row in enumerate(ranked, 1):
             row["rank"] = rank
-        top_k = self.spec.save_model.top_k
-        if top_k is not None:
-            for row in ranked[top_k:]:
-                for name in ("ckpt_best.pt", "ckpt_last.pt"):
-                    (Path(row["run_dir"]) / name).unlink(missing_ok=True)
+        pruned = prune_checkpoints({r["point"]: (Path(r["run_dir"]), r[key]) for r in rows}, self.primary,
+                                   self.spec.save_model.top_k)
+        for row in rows:
+            if row["point"] in pruned:
                 row["checkpoints"] = "pruned"
         write_json_atomic(self.output / "sweep_summary.json", {"sweep": self.spec.name, "primary_key": self.primary,
                                                                 "ranked_by": key, "points": rows})
