@@ -193,3 +193,24 @@ def test_the_chain_table_marks_alarmed_numbers(alarmed):
     assert "1.0000 !" in leak
     assert "alarm LEAK: auc_marital, gauc_marital = 1.0000" in text
     assert "alarm MISCALIBRATED: calibration_marital = 0.3" in text
+
+
+def test_a_text_classifier_that_predicts_one_class_for_every_row_raises_an_alarm():
+    from recsmith.experiments.alarms import run_alarms
+
+    lazy = {"accuracy": 0.572, "macro_f1": 0.364, "auc": 0.56, "recall_rotten": 0.0, "recall_fresh": 1.0,
+            "precision_rotten": 0.0, "precision_fresh": 0.572, "f1_rotten": 0.0, "f1_fresh": 0.728}
+    (alarm,) = run_alarms(lazy, {}, None)
+    assert alarm.kind == "one_class" and "'fresh' for every test row" in alarm.message
+    assert "accuracy" in alarm.metrics and "recall_rotten" in alarm.metrics
+    assert run_alarms({**lazy, "recall_rotten": 0.4, "recall_fresh": 0.9}, {}, None) == []
+    # top-K recall of a ranking run is not a class
+    assert run_alarms({"recall_10": 1.0, "recall_20": 0.0, "ndcg_10": 0.3}, {}, None) == []
+
+
+def test_a_text_classifiers_auc_at_chance_raises_an_alarm():
+    from recsmith.experiments.alarms import run_alarms
+
+    (alarm,) = run_alarms({"auc": 0.51, "macro_f1": 0.5, "recall_a": 0.5, "recall_b": 0.5},
+                          {"auc": (0.47, 0.55)}, None)
+    assert alarm.kind == "at_chance" and alarm.metrics == ("auc",)

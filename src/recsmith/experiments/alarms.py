@@ -9,6 +9,8 @@ apply to, and findings never call a delta a gain when one applies to it.
                      one output served as two tasks (torch-rechub issue #50)
   calibration        mean prediction / observed rate outside CALIBRATION_RANGE: wrong base
                      rate (uncorrected negative sampling, a wrong label or mask)
+  one class          a classifier that predicts the same class for every test row (its
+                     recall 1, every other class's 0): it learned the base rate, nothing else
 
 Each alarm names the metrics it applies to: an interval alarm its own metric, a leak or a
 correlation every metric of the task(s), a calibration alarm the task's calibration and
@@ -35,7 +37,7 @@ AUC_FAMILIES = ("auc", "gauc")
 
 @dataclass(frozen=True)
 class Alarm:
-    kind: str  # at_chance | below_chance | leak | correlated_tasks | calibration
+    kind: str  # at_chance | below_chance | leak | correlated_tasks | calibration | one_class
     metrics: tuple[str, ...]  # what it applies to
     message: str
 
@@ -46,11 +48,13 @@ class Alarm:
 def run_alarms(test: dict, intervals: dict, preds: Predictions | None) -> list[Alarm]:
     """Every alarm of one run, from its test metrics, their intervals and its predictions."""
     return [*chance_alarms(test, intervals), *leak_alarms(test), *calibration_alarms(test),
-            *correlation_alarms(preds, test)]
+            *correlation_alarms(preds, test), *one_class_alarms(test)]
 
 
 def _aucs(test: dict) -> list[str]:
-    return [m for m in test if split_name(m)[0] in AUC_FAMILIES and m != "auc_primary" and _finite(test[m])]
+    """The AUCs: ranking heads' (auc_<task>, gauc_<task>) and a text classifier's (auc)."""
+    return [m for m in test if (split_name(m)[0] in AUC_FAMILIES or m == "auc") and m != "auc_primary"
+            and _finite(test[m])]
 
 
 def _finite(value) -> bool:
@@ -119,6 +123,20 @@ def correlation_alarms(preds: Predictions | None, test: dict) -> list[Alarm]:
                              f"{a} and {b} predictions correlate {r:.5f} (> {CORRELATED}): one output "
                              "serving two tasks? (torch-rechub #50)"))
     return out
+
+
+def one_class_alarms(test: dict) -> list[Alarm]:
+    """A text classifier (its metrics have macro_f1 and recall_<class>) that predicted one
+    class for every test row."""
+    if "macro_f1" not in test:
+        return []
+    recalls = {m.removeprefix("recall_"): v for m, v in test.items() if m.startswith("recall_") and _finite(v)}
+    always = [c for c, v in recalls.items() if v == 1.0]
+    if len(recalls) < 2 or len(always) != 1 or any(v != 0.0 for c, v in recalls.items() if c != always[0]):
+        return []
+    applies = tuple(m for m in ("accuracy", "macro_f1", *(f"{k}_{c}" for c in recalls
+                                                          for k in ("precision", "recall", "f1"))) if m in test)
+    return [Alarm("one_class", applies, f"predicts '{always[0]}' for every test row: the base rate, nothing learned")]
 
 
 def applying(alarms: list[dict], metric: str) -> list[dict]:

@@ -37,6 +37,7 @@ from recsmith.train.distributed import launch_command, worker_environment
 
 POLL_SECONDS = 0.5
 TABLE_FAMILIES = ("auc", "ndcg", "hr", "mrr", "loss")  # the printed table's metrics
+TEXT_TABLE = ("accuracy", "macro_f1", "auc")  # a text classifier's (names without a task)
 DEFAULT_TIMEOUT = 6 * 3600
 
 
@@ -273,7 +274,8 @@ class ChainRunner:
         for column in ("exp", "status", "best_step", *metrics):
             table.add_column(column, justify="left" if column in ("exp", "status", "primary_key") else "right")
         for r in rows:
-            table.add_row(r["exp_id"], r["status"], str(r.get("best_step") or ""), *(_table_cell(r, m) for m in metrics))
+            table.add_row(r["exp_id"], r["status"], "" if r.get("best_step") is None else str(r["best_step"]),
+                          *(_table_cell(r, m) for m in metrics))
         self.console.print(table)
         for r in rows:
             for alarm in r.get("alarms") or []:
@@ -292,10 +294,13 @@ class ChainRunner:
 
 
 def table_metrics(rows: list[dict]) -> list[str]:
-    """The metric columns of the table printed after a chain: each task's AUC, the top-K
-    metrics at the headline cutoff and the loss, none empty in every row; the primary
+    """The metric columns of the table printed after a chain: a text classifier's accuracy,
+    macro-F1 and AUC, each task's AUC, the top-K metrics at the headline cutoff and the
+    loss, none empty in every row; the primary
     metric gets columns of its own only when some run's primary metric is not among them."""
-    shown = informative(rows, headline_metrics(metric_columns(rows), TABLE_FAMILIES))
+    columns = metric_columns(rows)
+    text = [m for m in TEXT_TABLE if m in columns]
+    shown = informative(rows, text + headline_metrics(columns, TABLE_FAMILIES))
     keys = {r["primary_key"] for r in rows if r.get("primary_key")}
     return shown if keys <= set(shown) else ["primary_key", PRIMARY, *shown]
 
