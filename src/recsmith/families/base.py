@@ -13,6 +13,7 @@ scorer, export and the service look it up by `model.family` and never name one:
   setup               model, loss, training stream and evaluations for the Trainer
   key_hyperparameters the columns it adds to experiment_tracker.csv
   heads               the task heads of a model (bundle.json's `tasks`)
+  serving_files       the dataset files a bundle of it copies (its scorer's data_dir)
   load_scorer         how a bundle or run dir of it scores raw rows (servable families;
                       the scorer also gives `recsmith export` its graph and inputs)
   evaluate_checkpoint `recsmith evaluate RUN --split S` (where the family supports it)
@@ -28,13 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from recsmith.config.schema import ModelSection
+from recsmith.data.schema import SCHEMA_FILE, VOCAB_FILE
 from recsmith.errors import ConfigError, DataError
+from recsmith.features.pipeline import FEATURES_FILE
 
 
 class Family:
     name: str = ""
     config: type[ModelSection] = ModelSection
     servable: bool = False  # bundles, export, predict, the service
+    # the prepared dataset's files a bundle copies (what its scorer reads from data_dir)
+    serving_files: tuple[str, ...] = (SCHEMA_FILE, FEATURES_FILE, VOCAB_FILE)
     warm_startable: bool = False  # `recsmith train --init-from`
 
     def validate(self, data: dict, provenance: dict) -> ModelSection:

@@ -8,6 +8,8 @@ self-contained directory that outlives its run dir and its dataset cache.
     features.json   the feature definitions     } the one transformation code path
     vocab.json      the fitted encoders         } shared with training (FeaturePipeline)
     eval.json       the run's evaluation report
+
+(the dataset files are the family's `serving_files`: a text classifier's is schema.json only)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import yaml
 
 from recsmith.atomic import save_torch_atomic, write_json_atomic
 from recsmith.config.loader import load_experiment
-from recsmith.data.schema import SCHEMA_FILE, VOCAB_FILE, DatasetSchema
+from recsmith.data.schema import SCHEMA_FILE, DatasetSchema
 from recsmith.errors import DataError
 from recsmith.experiments.tracker import config_hash
 from recsmith.features.pipeline import FEATURES_FILE
@@ -57,12 +59,15 @@ def check_bundlable(run: RunDir) -> tuple[dict, dict, Path]:
     owner = family(config.get("model", {}).get("family", DEFAULT_FAMILY))
     if not owner.servable:
         raise DataError(f"{run.path}: model family '{owner.name}' cannot be bundled for serving")
+    if owner.fitted(load_experiment(run.config)):
+        raise DataError(f"{run.path}: a fitted {owner.name} model (no checkpoint) is not served; serve a trained run")
     if not run.ckpt_best.is_file():
         raise DataError(f"{run.path}: no ckpt_best.pt (the run has not finished a validation)")
     dataset = run_dataset_dir(run)
-    if not (dataset / FEATURES_FILE).is_file():
-        raise DataError(f"{dataset}: no {FEATURES_FILE}, so raw rows cannot be encoded for serving; prepare "
-                        "the dataset again with this version of recsmith")
+    for name in owner.serving_files:
+        if not (dataset / name).is_file():
+            raise DataError(f"{dataset}: no {name}, so raw rows cannot be encoded for serving; prepare "
+                            "the dataset again with this version of recsmith")
     return config, run.read_json(run.eval) or {}, dataset
 
 
@@ -83,7 +88,8 @@ def write_bundle(run_dir: str | Path, dest: str | Path) -> dict:
     dest.mkdir(parents=True, exist_ok=True)
     save_torch_atomic(dest / MODEL_FILE, {"model": best["model"], "step": best["step"]})
     shutil.copyfile(run.config, dest / "config.yaml")
-    for name in (SCHEMA_FILE, FEATURES_FILE, VOCAB_FILE):
+    files = family_of(cfg).serving_files
+    for name in files:
         shutil.copyfile(dataset / name, dest / name)
     shutil.copyfile(run.eval, dest / "eval.json")
     meta = {
@@ -97,7 +103,8 @@ def write_bundle(run_dir: str | Path, dest: str | Path) -> dict:
         "best_step": best["step"],
         "precision": served_precision(report),
         "metrics": {"valid": report.get("valid", {}), "test": report.get("test", {})},
-        "features": [f["name"] for f in json.loads((dataset / FEATURES_FILE).read_text())["features"]],
+        "features": ([f["name"] for f in json.loads((dataset / FEATURES_FILE).read_text())["features"]]
+                     if FEATURES_FILE in files else []),
         "training_data": {"dataset": str(dataset), "source": schema.source, "split_rows": schema.split_rows,
                           **{key: schema.meta[key] for key in TRAINING_DATA_META if key in schema.meta}},
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recsmith.data.schema import SCHEMA_FILE
 from recsmith.errors import ConfigError
 from recsmith.families.base import Family
 from recsmith.families.text.config import TextModelConfig
@@ -22,6 +23,8 @@ TRANSFORMER_ONLY = {"freeze": "none", "freeze_layers": 0, "dropout": None}  # ke
 class TextClassifierFamily(Family):
     name = "text_classifier"
     config = TextModelConfig
+    servable = True  # recsmith predict and the service score raw texts (fine-tuned runs)
+    serving_files = (SCHEMA_FILE,)  # the classes; tokenizer and architecture come from model.checkpoint
 
     def check(self, cfg) -> None:
         m = cfg.model
@@ -49,6 +52,11 @@ class TextClassifierFamily(Family):
         from recsmith.train.text_floor import fit_tfidf
 
         return fit_tfidf(cfg, run, dataset_dir)
+
+    def load_scorer(self, cfg, meta: dict, data_dir: Path, weights: Path):
+        from recsmith.families.text.scoring import TextScorer
+
+        return TextScorer(cfg, meta, data_dir, weights)
 
     def setup(self, cfg, dataset_dir: Path, device):
         from recsmith.train.text import TextSetup

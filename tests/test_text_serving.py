@@ -1,0 +1,95 @@
+"""A fine-tuned text classifier scores raw texts the way its run scored the test split:
+`recsmith predict`, a bundle and the HTTP service agree with predictions_text_test.npz to 1e-5."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli
+from test_text_classifier import toy_table
+
+from recsmith.serve.app import ServeSettings, build_app
+from recsmith.serve.bundle import write_bundle
+from recsmith.serve.routing import Deployment
+from recsmith.serve.scorer import Scorer
+from recsmith.serve.server import start_background
+from recsmith.serve.sources import ModelSource
+from recsmith.train.predictions import load_text_predictions, text_predictions_path
+
+pytestmark = pytest.mark.slow
+TOY = ["--set", "data.source=text_table", "--set", "data.options={group_column: group, valid_fraction: 0.2, "
+       "test_fraction: 0.2}", "--set", "runtime.max_train_steps=20", "--set", "runtime.eval_every_steps=10",
+       "--set", "lr_scheduler.warmup_steps=2", "--set", "data.batch_size=16"]
+
+
+def train(tmp_path: Path, name: str, *extra: str) -> Path:
+    done = run_cli("train", "configs/base/sentiment_rt.yaml", "--run-dir", tmp_path / name, "--set",
+                   f"data.path={tmp_path / 'toy.parquet'}", *TOY, *extra)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A tiny fine-tune (bf16 where the machine has it, as `auto` picks) and its test texts."""
+    tmp_path = tmp_path_factory.mktemp("text-serving")
+    toy_table(tmp_path / "toy.parquet")
+    run = train(tmp_path, "run")
+    dataset = Path(json.loads((run / "eval.json").read_text())["dataset"])
+    return run, pq.read_table(dataset / "test.parquet").select(["text"])
+
+
+def offline(run: Path) -> np.ndarray:
+    return load_text_predictions(text_predictions_path(run)).probabilities
+
+
+def test_recsmith_predict_scores_a_csv_of_texts_like_the_run(text_run, tmp_path):
+    run, texts = text_run
+    pacsv.write_csv(texts, tmp_path / "texts.csv")
+    done = run_cli("predict", run, "--input", tmp_path / "texts.csv", "--output", tmp_path / "scored.csv")
+    assert done.returncode == 0, done.stderr[-2000:]
+    scored = pacsv.read_csv(tmp_path / "scored.csv")
+    probs = np.stack([scored["prob_neg"].to_numpy(), scored["prob_pos"].to_numpy()], axis=1)
+    assert scored["text"].to_pylist() == texts["text"].to_pylist()
+    np.testing.assert_allclose(probs, offline(run), atol=1e-5)
+
+
+def test_a_bundle_scores_like_its_run(text_run, tmp_path):
+    run, texts = text_run
+    meta = write_bundle(run, tmp_path / "bundle")
+    assert meta["family"] == "text_classifier" and meta["tasks"] == ["label"] and meta["features"] == []
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["bundle.json", "config.yaml", "eval.json",
+                                                                         "model.pt", "schema.json"]
+    scorer = Scorer.load(tmp_path / "bundle")
+    probs = scorer.predict_table(texts)
+    np.testing.assert_allclose(np.stack([probs["neg"], probs["pos"]], axis=1), offline(run), atol=1e-5)
+
+
+def test_the_service_scores_raw_texts_like_the_run_and_names_a_bad_row(text_run):
+    run, texts = text_run
+    source = ModelSource()
+    server = start_background(build_app(Deployment(source.load(str(run))), source, ServeSettings()))
+    try:
+        with httpx.Client() as client:
+            meta = client.get(f"{server.url}/metadata").json()
+            assert meta["outputs"] == ["neg", "pos"] and meta["columns"] == ["text"]
+            rows = [{"text": t} for t in texts["text"].to_pylist()]
+            answer = client.post(f"{server.url}/predict", json={"rows": rows}, timeout=60).json()
+            probs = np.stack([answer["predictions"]["neg"], answer["predictions"]["pos"]], axis=1)
+            np.testing.assert_allclose(probs, offline(run), atol=1e-5)
+            bad = client.post(f"{server.url}/predict", json={"rows": [{"text": "fine"}, {"review": "x"}]}, timeout=30)
+            assert bad.status_code == 422 and "row 1 lacks the field 'text'" in bad.text
+    finally:
+        server.stop()
+
+
+def test_the_tfidf_floor_is_not_served(text_run, tmp_path):
+    run = train(text_run[0].parent, "floor", "--set", "model.architecture=tfidf_logreg")
+    done = run_cli("predict", run, "--input", tmp_path / "none.csv", "--output", tmp_path / "out.csv")
+    assert done.returncode != 0 and "a fitted text_classifier model (no checkpoint) is not served" in done.stderr
