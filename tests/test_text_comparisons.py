@@ -232,11 +232,11 @@ def test_summary_delta_analysis_findings_and_report_show_text_deltas(text_runs):
     text = (out / "delta_analysis.txt").read_text()
     assert "p: McNemar's" in text
     section = text.split("BASE vs TFIDF")[1].split("\n\n")[0]
-    line = next(l for l in section.splitlines() if l.strip().startswith("accuracy"))
+    line = next(row for row in section.splitlines() if row.strip().startswith("accuracy"))
     stat = text_runs.stats[("TFIDF", "BASE", "accuracy")]
     assert f"[{stat.ci_low:+.6f}, {stat.ci_high:+.6f}]" in line and line.endswith("significant")
     near = text.split("NEAR vs TFIDF")[1].split("\n\n")[0].splitlines()[2:]
-    assert len(near) == len(METRICS) and all(l.endswith("within noise") for l in near)
+    assert len(near) == len(METRICS) and all(row.endswith("within noise") for row in near)
     findings = build_findings(out).read_text()
     assert "BASE vs TFIDF, accuracy" in findings and "McNemar p =" in findings and "DeLong p =" in findings
     report = build_report(out)[0].read_text()
