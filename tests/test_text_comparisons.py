@@ -65,7 +65,7 @@ def text_runs(tmp_path_factory):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, ROWS)
     tfidf = classifier(labels, 1.5, rng)  # accuracy about 0.85
-    base = classifier(labels, 3.0, rng)  # about 0.98: clearly better
+    base = classifier(labels, 2.5, rng)  # clearly better, short of a "perfect" AUC (the leak alarm)
     right = tfidf.argmax(1) == labels
     near = flipped(tfidf, np.r_[np.flatnonzero(right)[:3], np.flatnonzero(~right)[:2]])  # a delta within noise
     worse = flipped(tfidf, np.flatnonzero(right)[:4])  # four right rows made wrong, none the other way
