@@ -93,3 +93,45 @@ def test_the_tfidf_floor_is_not_served(text_run, tmp_path):
     run = train(text_run[0].parent, "floor", "--set", "model.architecture=tfidf_logreg")
     done = run_cli("predict", run, "--input", tmp_path / "none.csv", "--output", tmp_path / "out.csv")
     assert done.returncode != 0 and "a fitted text_classifier model (no checkpoint) is not served" in done.stderr
+
+
+def test_the_page_scores_pasted_texts_in_a_browser(text_run, tmp_path):
+    """Headless Chromium opens /ui with texts in the address: each row's label and probability
+    appear, equal to the service's answer, with no console errors; the page renders (a screenshot)."""
+    import subprocess
+    from urllib.parse import quote
+
+    from conftest import chromium, console_messages
+
+    run, texts = text_run
+    chosen = texts["text"].to_pylist()[:3] + ['a "quoted", comma text']
+    source = ModelSource()
+    server = start_background(build_app(Deployment(source.load(str(run))), source, ServeSettings()))
+    try:
+        url = f"{server.url}/ui#texts={quote(chr(10).join(chosen))}"
+        command = [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                   "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--window-size=1100,700"]
+        done = subprocess.run([*command, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        shot = subprocess.run([*command, f"--screenshot={tmp_path / 'page.png'}", url], capture_output=True,
+                              text=True, timeout=120)
+        with httpx.Client() as client:
+            answer = client.post(f"{server.url}/predict", json={"rows": [{"text": t} for t in chosen]}).json()
+    finally:
+        server.stop()
+    assert not console_messages(done.stderr), console_messages(done.stderr)
+    assert f"scored {len(chosen)} text(s)" in done.stdout, done.stdout[-2000:]
+    probs = np.stack([answer["predictions"]["neg"], answer["predictions"]["pos"]], axis=1)
+    for text, row in zip(chosen, probs):
+        label = ["neg", "pos"][int(row.argmax())]
+        assert f"<td>{text}</td><td>{label}</td><td class=\"p\">{row.max():.4f}" in done.stdout
+    assert shot.returncode == 0 and (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_the_page_is_only_for_text_models(ranking_runs):
+    source = ModelSource()
+    server = start_background(build_app(Deployment(source.load(str(ranking_runs[0]))), source, ServeSettings()))
+    try:
+        answer = httpx.get(f"{server.url}/ui")
+    finally:
+        server.stop()
+    assert answer.status_code == 404 and "the page scores texts" in answer.text

@@ -27,12 +27,13 @@ from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsmith.errors import RecsmithError
 from recsmith.serve.guards import LOOPBACK_NAMES, BodyLimit, HostCheck, StatusCounter, bearer_matches
 from recsmith.serve.model_registry import BadModelName, ReferenceRefused
+from recsmith.serve.page import PAGE, PAGE_COLUMNS
 from recsmith.serve.request_log import RequestLog, check_loggable, logged_rows
 from recsmith.serve.request_rows import rows_to_table
 from recsmith.serve.routing import MAX_CANARY_SHARE, Deployment, LoadedModel, ModelSlot
@@ -172,6 +173,13 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
     def health() -> dict:
         return {"status": "ok", **state(slot.current), **counters,
                 "request_log": request_log.stats() if request_log is not None else None}
+
+    @app.get("/ui", response_class=HTMLResponse)
+    def page() -> str:
+        """The page for people (recsmith.serve.page): for models that score texts."""
+        if slot.current.primary.scorer.describe().get("columns") != PAGE_COLUMNS:
+            raise HTTPException(404, "the page scores texts; this model takes feature rows: POST /predict")
+        return PAGE
 
     @app.get("/metadata", dependencies=[Depends(authorised)])
     def metadata() -> dict:
