@@ -239,8 +239,14 @@ def test_summary_delta_analysis_findings_and_report_show_text_deltas(text_runs):
     assert len(near) == len(METRICS) and all(row.endswith("within noise") for row in near)
     findings = build_findings(out).read_text()
     assert "BASE vs TFIDF, accuracy" in findings and "McNemar p =" in findings and "DeLong p =" in findings
+    from recsmith.metrics.classification import confusion_matrix, plot_confusion_matrix
+
+    base_probs = text_runs.probs["BASE"]
+    plot_confusion_matrix(confusion_matrix(text_runs.labels, base_probs.argmax(1), 2), ["neg", "pos"],
+                          text_runs.runs["BASE"].path / "confusion_matrix.png", "BASE (test)")
     report = build_report(out)[0].read_text()
     assert " (McNemar) | significant" in report and "McNemar's exact test where marked" in report
+    assert "## BASE: confusion matrix (test)" in report and (out / "report" / "confusion_BASE.png").is_file()
     table = report.split("## Summary")[1].split("\n\n")[2].splitlines()
     assert table[0].startswith("| exp | status | best step | accuracy | macro_f1 | logloss | auc | precision")
     base = summary["experiments"][1]

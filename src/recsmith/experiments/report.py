@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from recsmith.experiments.summary import INTERVAL_RESAMPLES, metric_columns, ora
 from recsmith.metrics.funnel import target_rows
 from recsmith.run_dir import RunDir
 from recsmith.train.predictions import load_predictions
+from recsmith.train.text import CONFUSION_FILE
 
 TABLE_FAMILIES = ("auc", "gauc", "logloss", "ndcg", "hr", "mrr")  # the summary table's metrics (and TEXT_KINDS')
 CHART_FAMILIES = ("auc", "ndcg")  # the bar chart's and learning curves' panels
@@ -82,6 +84,11 @@ def build_report(directory: str | Path) -> tuple[Path, Path]:
         if gates:
             charts.append((f"{exp_id}: gates and expert utilisation",
                            plots.gate_heatmap(exp_id, gates, images / f"gates_{exp_id}.png")))
+    for exp_id, run in runs.items():  # a classifier's test confusion matrix (recsmith.train.text)
+        matrix = run.path / CONFUSION_FILE
+        if matrix.is_file():
+            shutil.copyfile(matrix, images / f"confusion_{exp_id}.png")
+            charts.append((f"{exp_id}: confusion matrix (test)", images / f"confusion_{exp_id}.png"))
     calibration = {e: c for e, c in ((e, _calibration(run)) for e, run in runs.items()) if c}
     if calibration:
         charts.append(("Calibration", plots.calibration(calibration, images / "calibration.png")))
