@@ -22,6 +22,7 @@ ORACLE = "oracle_"
 FAMILIES = ("auc", "gauc", "logloss", "calibration", "ndcg", "hr", "mrr", "precision", "loss")
 TOPK_FAMILIES = ("ndcg", "hr", "mrr", "precision")
 HEADLINE_CUTOFF = 10  # the top-K cutoff tables show when a run reports several
+TEXT_HEADLINE = ("accuracy", "macro_f1", "auc")  # a text classifier's headline metrics (names without a task)
 
 
 def split_name(metric: str) -> tuple[str, str]:

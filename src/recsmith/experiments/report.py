@@ -20,7 +20,7 @@ from recsmith.atomic import write_text_atomic
 from recsmith.errors import ConfigError
 from recsmith.experiments import plots
 from recsmith.experiments.alarms import applying
-from recsmith.experiments.columns import headline_metrics, informative, is_topk, ordered_metrics
+from recsmith.experiments.columns import TEXT_HEADLINE, headline_metrics, informative, is_topk, ordered_metrics
 from recsmith.experiments.comparisons import TEXT_KINDS, p_value_test
 from recsmith.experiments.summary import INTERVAL_RESAMPLES, metric_columns, oracle_values, summary_row
 from recsmith.metrics.funnel import target_rows
@@ -70,7 +70,8 @@ def build_report(directory: str | Path) -> tuple[Path, Path]:
         successful = [{**r, **means.get(r["exp_id"], {})} for r in successful]
     errors, error_label = _errors(results, successful)
     charts = []
-    bars = informative(successful, headline_metrics(metric_columns(successful), CHART_FAMILIES))
+    columns = metric_columns(successful)
+    bars = informative(successful, [m for m in TEXT_HEADLINE if m in columns] + headline_metrics(columns, CHART_FAMILIES))
     if bars:
         charts.append(("Test metrics per experiment", plots.metric_bars(successful, bars, errors, oracle, error_label,
                                                                     images / "primary_metrics.png")))
@@ -154,7 +155,8 @@ def _curve_metrics(curves: dict[str, dict[str, list[tuple[int, float]]]]) -> lis
             for step, value in points:
                 evaluations.setdefault((exp_id, step), {})[metric] = value
     names = ordered_metrics(m for series in curves.values() for m in series if m != "loss")
-    return informative(list(evaluations.values()), headline_metrics(names, CHART_FAMILIES))
+    return informative(list(evaluations.values()),
+                       [m for m in TEXT_HEADLINE if m in names] + headline_metrics(names, CHART_FAMILIES))
 
 
 def _valid_oracle(run: RunDir) -> dict[str, float]:

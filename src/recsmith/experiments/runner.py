@@ -28,7 +28,7 @@ from recsmith.experiments.chain import ResolvedChain, ResolvedExperiment, diff_f
 from recsmith.experiments.diagnosis import recognise, tail
 from recsmith.experiments.seeds import with_seed, write_seed_summary
 from recsmith.experiments.alarms import applying
-from recsmith.experiments.columns import PRIMARY, headline_metrics, informative
+from recsmith.experiments.columns import PRIMARY, TEXT_HEADLINE, headline_metrics, informative
 from recsmith.experiments.keep import prune_checkpoints
 from recsmith.experiments.summary import build_summary, metric_columns, oracle_values, write_summary
 from recsmith.plugins import family_of
@@ -37,7 +37,6 @@ from recsmith.train.distributed import launch_command, worker_environment
 
 POLL_SECONDS = 0.5
 TABLE_FAMILIES = ("auc", "ndcg", "hr", "mrr", "loss")  # the printed table's metrics
-TEXT_TABLE = ("accuracy", "macro_f1", "auc")  # a text classifier's (names without a task)
 DEFAULT_TIMEOUT = 6 * 3600
 
 
@@ -299,7 +298,7 @@ def table_metrics(rows: list[dict]) -> list[str]:
     loss, none empty in every row; the primary
     metric gets columns of its own only when some run's primary metric is not among them."""
     columns = metric_columns(rows)
-    text = [m for m in TEXT_TABLE if m in columns]
+    text = [m for m in TEXT_HEADLINE if m in columns]
     shown = informative(rows, text + headline_metrics(columns, TABLE_FAMILIES))
     keys = {r["primary_key"] for r in rows if r.get("primary_key")}
     return shown if keys <= set(shown) else ["primary_key", PRIMARY, *shown]
