@@ -229,7 +229,7 @@ def test_sparse_gradients_are_averaged_over_ranks_outside_ddp(tmp_path):
     expected[1] = (torch.tensor([0.0, 1, 2]) + torch.tensor([6.0, 7, 8])) / 2
     expected[4] = torch.tensor([3.0, 4, 5]) / 2
     for rank in (0, 1):
-        out = torch.load(f"{results}.{rank}")
+        out = torch.load(f"{results}.{rank}", weights_only=True)
         assert torch.equal(out["mean"], expected)
         assert out["ignored"] == ["0.weight"]
         assert torch.equal(out["table"], torch.zeros(6, 3))

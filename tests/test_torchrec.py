@@ -20,6 +20,7 @@ from test_distributed import E0A, E3, FP32, _descendants, _steps, assert_same_ru
 
 from recsmith.config.loader import validate_experiment
 from recsmith.errors import ConfigError
+from recsmith.train.checkpoint import load_checkpoint
 from recsmith.train.distributed import Distributed
 from recsmith.train.sharding import INSTALL, shard_tables
 
@@ -51,7 +52,7 @@ def replicated(torchrec, tmp_path_factory):
 
 
 def checkpoint(run_dir: Path) -> dict:
-    return torch.load(run_dir / "ckpt_last.pt", map_location="cpu", weights_only=False)
+    return load_checkpoint(run_dir / "ckpt_last.pt")
 
 
 def assert_same_checkpoint(a: Path, b: Path) -> None:

@@ -16,6 +16,7 @@ import torch
 from recsmith.data.schema import DatasetSchema
 from recsmith.errors import DataError
 from recsmith.models.text.classifier import TASK, TextClassifier, load_tokenizer
+from recsmith.train.checkpoint import load_checkpoint
 
 TEXT_COLUMN = "text"
 SCORE_BATCH = 64  # texts per forward pass
@@ -41,7 +42,7 @@ class TextScorer:
         self.tasks, self.outputs, self.pipeline = [TASK], self.classes, TextInput()
         self.tokenizer = load_tokenizer(cfg.model.checkpoint)
         self.model = TextClassifier(cfg.model.checkpoint, len(self.classes), cfg.model.dropout)
-        state = torch.load(weights, map_location="cpu", weights_only=False)
+        state = load_checkpoint(weights)  # weights_only: a checkpoint holds no code
         self.model.load_state_dict(state["model"])
         self.model.eval()
 
