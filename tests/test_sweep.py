@@ -75,3 +75,31 @@ def test_a_bad_sweep_fails_before_running_anything(tmp_path, fields, message):
     result = run_cli("sweep", sweep_file(tmp_path, **fields))
     assert result.returncode != 0 and message in result.stdout + result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_impact_chart_shows_each_swept_key_with_the_base_point(tmp_path):
+    from recsmith.experiments.sweep import IMPACT_CHART, Sweep
+
+    path = sweep_file(tmp_path, grid={}, points=[{}, {"optim.dense.lr": 0.003}, {"optim.dense.lr": 0.0001},
+                                                 {"model.dropout": 0.2}])
+    plan = Sweep(path)
+    rows = [{"valid_auc_ctr": v, "test_auc_ctr": v and v - 0.01} for v in (0.70, 0.72, 0.65, None)]
+    impact = plan.impact(rows)
+    assert list(impact) == ["optim.dense.lr", "model.dropout"]
+    base_lr = plan.points[0].config.optim.dense.lr
+    assert [(p["value"], p["base"], p["valid"]) for p in impact["optim.dense.lr"]] == [
+        (base_lr, True, 0.70), (0.003, False, 0.72), (0.0001, False, 0.65)]
+    assert [(p["base"], p["test"]) for p in impact["model.dropout"]] == [(True, pytest.approx(0.69)), (False, None)]
+    from recsmith.experiments.plots import hyperparameter_impact
+    chart = hyperparameter_impact(impact, "auc_ctr", tmp_path / IMPACT_CHART)
+    assert chart.stat().st_size > 10_000
+
+
+def test_the_sweep_report_has_the_impact_chart(finished_sweep):
+    tmp, _ = finished_sweep
+    assert (tmp / "out" / "sweep_impact.png").is_file()
+    result = run_cli("report", tmp / "out")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = (tmp / "out" / "EXPERIMENT_REPORT.md").read_text()
+    assert report.startswith("# Experiment report: sweep tiny_sweep") and "## Hyperparameter impact" in report
+    assert (tmp / "out" / "report" / "hyperparameter_impact.png").is_file()

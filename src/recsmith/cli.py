@@ -266,7 +266,7 @@ def serve(model: str = typer.Option(..., "--model", help="A registry ref (name, 
 
 # -------------------------------------------------------------------------- report
 @app.command()
-def report(directory: Path = typer.Argument(..., help="A chain's output dir, a --seeds output dir, or a dir of run dirs.")) -> None:
+def report(directory: Path = typer.Argument(..., help="A chain's, --seeds' or sweep's output dir, or a dir of run dirs.")) -> None:
     """Write EXPERIMENT_REPORT.md and a self-contained report.html (charts in DIR/report/)."""
     from recsmith.experiments.report import build_report
 
@@ -293,7 +293,7 @@ def sweep(sweep_file: Path = typer.Argument(..., help="Sweep file (YAML): base c
           parallel: Optional[int] = typer.Option(None, "--parallel", min=1, help="Points trained at once."),
           nproc: int = typer.Option(1, "--nproc", min=1, help="Train each point as N DDP processes (torchrun)."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the points; run nothing.")) -> None:
-    """Train every point of a sweep (one run dir each), then write sweep_summary.csv/json."""
+    """Train every point of a sweep (one run dir each), then write sweep_summary.csv/json and sweep_impact.png."""
     from recsmith.experiments.sweep import Sweep
 
     plan = Sweep(sweep_file, parallel, nproc)
@@ -303,7 +303,7 @@ def sweep(sweep_file: Path = typer.Argument(..., help="Sweep file (YAML): base c
         console.print(f"{len(plan.points)} points valid; output {plan.output}")
         return
     code = plan.run(resume, echo=lambda text: console.print(text, highlight=False))
-    console.print(f"wrote {plan.output / 'sweep_summary.csv'}")
+    console.print(f"wrote {plan.output / 'sweep_summary.csv'}; `recsmith report {plan.output}` for the report")
     raise typer.Exit(code)
 
 

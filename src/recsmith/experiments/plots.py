@@ -96,3 +96,38 @@ def calibration(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], pat
         ax.set_title(f"calibration, {target} (test)")
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def hyperparameter_impact(panels: dict[str, list[dict]], metric: str, path: Path) -> Path:
+    """One panel per swept key: the valid and test `metric` of each point at the key's value
+    (a point per marker; the line joins the mean at each value; the base point is starred)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.6, 3.4), squeeze=False, sharey=True)
+    for ax, (key, points) in zip(axes[0], panels.items()):
+        values = sorted({p["value"] for p in points}, key=_sort_key)
+        position = {v: i for i, v in enumerate(values)}
+        for split, colour in (("valid", "#4C72B0"), ("test", "#DD8452")):
+            shown = [p for p in points if p[split] is not None]
+            for base in (False, True):
+                marked = [p for p in shown if p["base"] == base]
+                ax.scatter([position[p["value"]] for p in marked], [p[split] for p in marked], color=colour,
+                           marker="*" if base else "o", s=90 if base else 28, zorder=3,
+                           label=f"{split}{' (base)' if base else ''}" if marked else None)
+            means = [(position[v], np.mean([p[split] for p in shown if p["value"] == v])) for v in values
+                     if any(p["value"] == v for p in shown)]
+            if means:
+                ax.plot(*zip(*means), color=colour, linewidth=1, alpha=0.7)
+        ax.set_xticks(range(len(values)), [str(v) for v in values], fontsize=8)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("value")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(metric)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Hyperparameter impact: {metric} per swept value (each panel: the points that set that key, "
+                 "and the base point)", fontsize=9)
+    return _save(fig, path)
+
+
+def _sort_key(value) -> tuple:
+    """Numbers in order, then everything else by its text (booleans and None count as text)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value, "") if number else (1, 0, str(value))

@@ -1,6 +1,6 @@
 """`recsmith report DIR`: EXPERIMENT_REPORT.md and a self-contained report.html, built from
-the run dirs under DIR (a chain's output dir, a `--seeds` output dir, or any dir of run
-dirs) and the summaries written beside them. Failed and partial runs are listed with their
+the run dirs under DIR (a chain's output dir, a `--seeds` output dir, a sweep's output dir
+(with its hyperparameter-impact chart), or any dir of run dirs) and the summaries written beside them. Failed and partial runs are listed with their
 status and left out of the charts they have no numbers for. Columns come from the metrics
 the runs report (recsmith.experiments.columns); sanity alarms are marked beside the numbers
 they apply to and listed in their own section.
@@ -49,8 +49,11 @@ def load_results(directory: Path) -> dict:
     runs = sorted(p for p in directory.iterdir() if p.is_dir() and (RunDir(p).config.exists()))
     if not runs:
         raise ConfigError(f"{directory}: no summary.json, seeds_summary.json or run dirs to report on")
-    return {"title": directory.name, "rows": [summary_row(p.name, "", RunDir(p)) for p in runs], "seeds": None,
-            "comparisons": [], "run_root": directory}
+    sweep_file = directory / "sweep_summary.json"  # a sweep's output dir: its points are the run dirs
+    sweep = json.loads(sweep_file.read_text(encoding="utf-8")) if sweep_file.is_file() else None
+    return {"title": f"sweep {sweep['sweep']}" if sweep else directory.name,
+            "rows": [summary_row(p.name, "", RunDir(p)) for p in runs], "seeds": None, "comparisons": [],
+            "run_root": directory, "sweep": sweep}
 
 
 def build_report(directory: str | Path) -> tuple[Path, Path]:
@@ -75,6 +78,10 @@ def build_report(directory: str | Path) -> tuple[Path, Path]:
     if bars:
         charts.append(("Test metrics per experiment", plots.metric_bars(successful, bars, errors, oracle, error_label,
                                                                     images / "primary_metrics.png")))
+    sweep = results.get("sweep")
+    if sweep and any(p["valid"] is not None for points in sweep.get("impact", {}).values() for p in points):
+        charts.append(("Hyperparameter impact", plots.hyperparameter_impact(sweep["impact"], sweep["primary_key"],
+                                                                            images / "hyperparameter_impact.png")))
     curves = {e: _curves(run) for e, run in runs.items() if run.metrics.is_file()}
     if any(curves.values()):
         valid_oracle = next((v for v in (_valid_oracle(run) for run in runs.values()) if v), {})

@@ -7,6 +7,7 @@ point trained in its own run dir, several at once with `--parallel N`.
     grid:                                        # every combination ...
       optim.dense.lr: [0.0003, 0.0006, 0.001]
     points:                                      # ... and / or listed points
+      - {}                                       # the base config itself
       - {optim.dense.lr: 0.002, optim.sparse.lr: 0.003}
     parallel: 1                                  # processes at once (--parallel overrides)
     save_model: {top_k: 2}                       # keep checkpoints of the 2 best points only
@@ -16,6 +17,8 @@ gets cores / N torch threads (two PyTorch jobs with all threads each on a small 
 slow each other by an order of magnitude); every run records its thread count, and the
 summary flags runs that shared the machine. Points are ranked by the base config's
 primary key on the *valid* split (test numbers are reported, never used to choose).
+sweep_impact.png (and `recsmith report` on the output dir) plots each swept key's values
+against the valid and test primary metric: the points that set the key, and the base point.
 An interrupted sweep resumes with `--resume`: finished points are kept, partial ones
 continue from their last checkpoint.
 """
@@ -38,16 +41,18 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from recsmith.atomic import write_json_atomic, write_text_atomic
-from recsmith.config.loader import dump_yaml, load_with_extends, resolve_experiment, validate_model
+from recsmith.config.loader import dump_yaml, get_dotted, load_with_extends, resolve_experiment, validate_model
 from recsmith.env_info import busy_cpu_seconds
 from recsmith.errors import ChainError, ConfigError
 from recsmith.experiments.keep import SaveModel, prune_checkpoints
+from recsmith.experiments.plots import hyperparameter_impact
 from recsmith.experiments.summary import run_status
 from recsmith.metrics.direction import lower_is_better
 from recsmith.experiments.runner import train_command
 from recsmith.run_dir import RunDir
 
 
+IMPACT_CHART = "sweep_impact.png"  # the hyperparameter-impact chart, beside sweep_summary.csv
 SHARED = 0.1  # other processes using more than this share of the CPUs: the timing is not clean
 
 
@@ -164,11 +169,26 @@ class Sweep:
         for row in rows:
             if row["point"] in pruned:
                 row["checkpoints"] = "pruned"
+        impact = self.impact(rows)
         write_json_atomic(self.output / "sweep_summary.json", {"sweep": self.spec.name, "primary_key": self.primary,
-                                                                "ranked_by": key, "points": rows})
+                                                                "ranked_by": key, "points": rows, "impact": impact})
+        if any(p["valid"] is not None for points in impact.values() for p in points):
+            hyperparameter_impact(impact, self.primary, self.output / IMPACT_CHART)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         write_text_atomic(self.output / "sweep_summary.csv", buffer.getvalue())
         return rows
+
+    def impact(self, rows: list[dict]) -> dict[str, list[dict]]:
+        """Per swept key, the points that set it and the base point (`{}`, if listed): the
+        key's value in the point's resolved config and its valid and test primary metric."""
+        keys = list(dict.fromkeys(k for point in self.points for k in point.overrides))
+        panels: dict[str, list[dict]] = {}
+        for key in keys:
+            panels[key] = [{"point": point.id, "value": get_dotted(point.config.model_dump(mode="json"), key),
+                            "base": not point.overrides, "valid": row[f"valid_{self.primary}"],
+                            "test": row[f"test_{self.primary}"]}
+                           for point, row in zip(self.points, rows) if key in point.overrides or not point.overrides]
+        return panels
