@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 from recsmith.models.text.classifier import TextClassifier, load_tokenizer
 from recsmith.train.text_data import TextStream, TokenizedSplit
@@ -121,3 +121,24 @@ def test_a_tiny_fine_tune_learns_a_toy_sentiment_task(tmp_path):
     assert result["classes"] == ["neg", "pos"] and result["trainable_parameters"] > 20_000_000
     for name in ("classification_report.txt", "confusion_matrix.png"):
         assert (tmp_path / "run" / name).is_file()
+
+
+def test_the_seed_fixes_the_new_heads_weights(tmp_path):
+    """runtime.seed repeats a run: the classification head (and dropout) draw from it."""
+    from recsmith.config.loader import load_experiment
+    from recsmith.data.sources import resolve_dataset
+    from recsmith.train.text import TextSetup
+
+    toy_table(tmp_path / "toy.parquet")
+
+    def head(seed: int, before: int) -> list[torch.Tensor]:
+        cfg = load_experiment(REPO / "configs" / "base" / "sentiment_rt.yaml", {
+            "data.source": "text_table", "data.path": str(tmp_path / "toy.parquet"), "runtime.seed": seed,
+            "data.options": {"group_column": "group", "valid_fraction": 0.2, "test_fraction": 0.2}})
+        torch.manual_seed(before)  # whatever drew from the global generator before the run
+        return [p.detach().clone() for p in TextSetup(cfg, resolve_dataset(cfg.data), torch.device("cpu"))
+                .model.classifier_parameters()]
+
+    first, again, other = head(1, before=5), head(1, before=6), head(2, before=5)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))

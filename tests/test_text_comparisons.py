@@ -48,7 +48,7 @@ def write_text_run(path, probs, labels, classes=CLASSES):
     test = classification_metrics(labels, probs, classes)
     test.update(loss=test["logloss"], auc_primary=test["accuracy"])
     (run.path / "eval.json").write_text(json.dumps({"primary_key": "accuracy", "best_step": 10, "test": test,
-                                                    "classes": classes}))
+                                                    "classes": classes, "trainable_parameters": 770}))
     (run.path / "config.yaml").write_text("name: handmade\n")
     np.savez(text_predictions_path(run.path), probabilities=probs, labels=labels)
     return run
@@ -252,3 +252,5 @@ def test_summary_delta_analysis_findings_and_report_show_text_deltas(text_runs):
     base = summary["experiments"][1]
     low, high = base["intervals"]["accuracy"]
     assert table[3].startswith(f"| BASE | success | 10 | {base['accuracy']:.4f} [{low:.4f}, {high:.4f}] |")
+    assert table[0].endswith("| budget | trainable params | wall (s) |") and table[3].endswith("|  | 770 |  |")
+    assert base["trainable_parameters"] == 770 and "trainable_parameters" in header

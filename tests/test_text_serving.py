@@ -127,6 +127,58 @@ def test_the_page_scores_pasted_texts_in_a_browser(text_run, tmp_path):
     assert shot.returncode == 0 and (tmp_path / "page.png").stat().st_size > 10_000
 
 
+def test_the_page_scores_an_uploaded_csv_and_offers_the_scored_csv(text_run, tmp_path):
+    """A person chooses a CSV file (Playwright driving headless Chromium): each row is scored
+    as the service scores it, the scored CSV downloads with the same probabilities, and a CSV
+    without a `text` column is named on the page; no console errors."""
+    import csv
+
+    from conftest import chromium
+    from playwright.sync_api import sync_playwright
+
+    run, texts = text_run
+    chosen = texts["text"].to_pylist()[:5] + ['a "quoted", comma text', "two\nlines"]
+    upload = tmp_path / "reviews.csv"
+    with open(upload, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["id", "text"], *([i, t] for i, t in enumerate(chosen))])
+    (tmp_path / "bad.csv").write_text("id,review\n1,fine\n", encoding="utf-8")
+    source = ModelSource()
+    server = start_background(build_app(Deployment(source.load(str(run))), source, ServeSettings()))
+    problems: list[str] = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox",
+                                                                                   "--disable-dev-shm-usage"])
+            page = browser.new_page(accept_downloads=True)
+            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+            page.goto(f"{server.url}/ui")
+            page.set_input_files("#file", str(upload))
+            page.click("#score")
+            page.wait_for_selector(f"#status:has-text('scored {len(chosen)} text(s)')", timeout=60_000)
+            shown = [[cell.text_content() for cell in row.query_selector_all("td")]
+                     for row in page.query_selector_all("#results tbody tr")]
+            with page.expect_download() as download:
+                page.click("#download")
+            scored = list(csv.DictReader(open(download.value.path(), newline="", encoding="utf-8")))
+            page.set_input_files("#file", str(tmp_path / "bad.csv"))
+            page.click("#score")
+            page.wait_for_selector("#status.error", timeout=30_000)
+            refused = page.inner_text("#status")
+            browser.close()
+        with httpx.Client() as client:
+            answer = client.post(f"{server.url}/predict", json={"rows": [{"text": t} for t in chosen]}).json()
+    finally:
+        server.stop()
+    assert not problems, problems
+    probs = np.stack([answer["predictions"]["neg"], answer["predictions"]["pos"]], axis=1)
+    assert [row["text"] for row in scored] == chosen and [row[0] for row in shown] == chosen
+    np.testing.assert_allclose([[float(r["prob_neg"]), float(r["prob_pos"])] for r in scored], probs, atol=1e-6)
+    assert [r["label"] for r in scored] == [row[1] for row in shown] == [["neg", "pos"][i] for i in probs.argmax(1)]
+    assert "bad.csv has no 'text' column (its header: id, review)" in refused
+
+
 def test_the_page_is_only_for_text_models(ranking_runs):
     source = ModelSource()
     server = start_background(build_app(Deployment(source.load(str(ranking_runs[0]))), source, ServeSettings()))

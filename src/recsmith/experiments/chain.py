@@ -124,7 +124,8 @@ def load_chain(path: str | Path, overrides: dict[str, Any] | None = None,
     experiments = []
     for exp in spec.experiments:
         config_file = relative("experiments", exp.config) if exp.config else base_file
-        config, exp_provenance = _resolve(config_file, overrides, {**spec.set, **exp.set}, chain_source, exp.id)
+        named = {} if exp.config else {"name": f"{spec.name}_{exp.id}"}  # a run of the base: the tracker tells them apart
+        config, exp_provenance = _resolve(config_file, overrides, {**named, **spec.set, **exp.set}, chain_source, exp.id)
         experiments.append(ResolvedExperiment(exp.id, exp.description, config_file, config, exp_provenance))
     chain = ResolvedChain(path, spec, base, experiments,
                           Path(output_dir or spec.output_dir or Path("runs") / spec.name))

@@ -211,6 +211,9 @@ def _summary_table(rows: list[dict], errors: dict, error_label: str, seeds: dict
     header = ["exp", "status", "best step",
               *(f"{m} ({'top-K' if is_topk(m) else 'CTR-style'})" if labelled else m for m in metrics),
               "precision (trained → scored)", "budget", "wall (s)"]
+    trainable = any(r.get("trainable_parameters") is not None for r in rows)  # a text classifier's
+    if trainable:
+        header.insert(-1, "trainable params")
     body = []
     seed_stats = {e["exp_id"]: e["metrics"] for e in seeds["experiments"]} if seeds else {}
     for r in rows:
@@ -229,7 +232,10 @@ def _summary_table(rows: list[dict], errors: dict, error_label: str, seeds: dict
                 cell = f"{value:.4f}"
             cells.append(cell + (" !" if cell and applying(r.get("alarms") or [], m) else ""))
         cells.append(f"{r['train_precision']} → {r['score_precision']}" if r.get("train_precision") else "")
-        cells += [r.get("budget") or "", str(r.get("wall_seconds") or "")]
+        cells.append(r.get("budget") or "")
+        if trainable:
+            cells.append(f"{r['trainable_parameters']:,}" if r.get("trainable_parameters") is not None else "")
+        cells.append(str(r.get("wall_seconds") or ""))
         body.append(cells)
     note = ("mean ± std over seeds" if seeds else f"test value [{error_label}]") + "; ! = a sanity alarm applies"
     return {"header": header, "rows": body, "note": note}

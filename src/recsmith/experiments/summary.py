@@ -22,7 +22,8 @@ from recsmith.experiments.comparisons import (RESAMPLES, TEXT_KINDS, DeltaStat, 
 from recsmith.run_dir import RunDir
 
 FIRST_FIELDS = ("exp_id", "description", "status", "alarms", "primary_key", "best_step", "max_train_steps")
-LAST_FIELDS = ("valid_auc_primary", "train_precision", "score_precision", "budget", "parameters", "train_seconds",
+LAST_FIELDS = ("valid_auc_primary", "train_precision", "score_precision", "budget", "parameters",
+               "trainable_parameters", "train_seconds",
                "epochs", "stop_reason", "wall_seconds", "run_dir")
 ROW_FIELDS = (*FIRST_FIELDS, *LAST_FIELDS, "intervals")
 INTERVAL_RESAMPLES = 300  # per-run intervals; the deltas get RESAMPLES
@@ -54,7 +55,8 @@ def summary_row(exp_id: str, description: str, run: RunDir) -> dict:
                    max_train_steps=result.get("max_train_steps"),
                    valid_auc_primary=valid.get("auc_primary"), parameters=result.get("parameters"))
         row.update({k: v for k, v in test.items() if k not in ROW_FIELDS})  # every metric, any task name
-        row.update({c: result.get(c) for c in ("train_seconds", "epochs", "stop_reason", "budget")})
+        row.update({c: result.get(c) for c in ("trainable_parameters", "train_seconds", "epochs", "stop_reason",
+                                               "budget")})
         precision = result.get("precision", {})
         row.update(train_precision=precision.get("train"), score_precision=precision.get("score"))
         arrays = RunArrays.load(run)

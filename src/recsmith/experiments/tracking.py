@@ -42,7 +42,8 @@ def track_run(cfg, run: RunDir, status: str, started: float, result: dict) -> No
            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "name": cfg.name,
            "status": status, "duration_s": round(time.time() - started, 1), "config_hash": config_hash(config),
            "run_dir": str(run.path.resolve()), **key_hyperparameters(cfg),
-           "best_step": result.get("best_step"), **result.get("test", {})}
+           **{k: result.get(k) for k in ("best_step", "parameters", "trainable_parameters", "train_seconds")},
+           **result.get("test", {})}
     try:
         append_row(tracker_path(), row)
     except OSError as exc:

@@ -8,7 +8,7 @@ shows a result, and how the test drives the page in headless Chromium)."""
 PAGE_COLUMNS = ["text"]  # the rows a model must take for the page (a text classifier's scorer)
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>recsmith: score texts</title>
+<html lang="en"><head><meta charset="utf-8"><title>recsmith: score texts</title><link rel="icon" href="data:,">
 <style>
 body{font:15px system-ui,sans-serif;margin:2rem auto;max-width:60rem;color:#222}
 textarea{width:100%;height:9rem;font:inherit}

@@ -78,6 +78,7 @@ class TextSetup:
         self.train = TokenizedSplit.load(dataset_dir, "train", self.tokenizer, m.max_length)
         self.valid = TokenizedSplit.load(dataset_dir, "valid", self.tokenizer, m.max_length)
         self.dataset_dir = dataset_dir
+        torch.manual_seed(cfg.runtime.seed)  # the new head's weights, then dropout: a seed repeats a run
         self.model = TextClassifier(m.checkpoint, len(self.classes), m.dropout)
         self.model.freeze(m.freeze, m.freeze_layers)
         self.model.to(device)
