@@ -61,17 +61,59 @@ def tiny_experiment(**overrides) -> dict:
     return data
 
 
+# ------------------------------------------------------------------------ Redis
+_redis: dict = {}
+
+
+def _apt_install(package: str) -> None:
+    """Debian's package, installed when the tests run as root (as CI does)."""
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+                       env=env, capture_output=True, timeout=900)
+
+
+def redis_url() -> str:
+    """redis://127.0.0.1:PORT/0 of a redis-server this test session started (Debian's
+    `redis-server`, installed here when missing; no persistence), stopped at exit."""
+    if "url" in _redis:
+        return _redis["url"]
+    import atexit
+    import socket
+    import time
+
+    server = shutil.which("redis-server")
+    if not server:
+        _apt_install("redis-server")
+        server = shutil.which("redis-server")
+    if not server:
+        pytest.fail("the Redis online-store tests need redis-server: apt-get install redis-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(process.terminate)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        pytest.fail(f"redis-server did not start on 127.0.0.1:{port}")
+    _redis["url"] = f"redis://127.0.0.1:{port}/0"
+    return _redis["url"]
+
+
 # ------------------------------------------------------------ headless Chromium
 def chromium() -> str:
     """Debian's chromium, installed here when missing (the test set-up the report needs)."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found:
         return found
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
-                       env=env, capture_output=True, timeout=900)
+    _apt_install("chromium")
     found = shutil.which("chromium")
     if not found:
         pytest.fail("headless Chromium is needed to check report.html: apt-get install chromium")

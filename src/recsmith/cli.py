@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from recsmith.errors import ConfigError, RecsmithError
+from recsmith.online.store import DEFAULT_URI as DEFAULT_STORE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="recsmith: ranking-model experiments for ads and recommendation.")
@@ -23,6 +24,8 @@ chain_app = typer.Typer(no_args_is_help=True, help="Run and inspect experiment c
 data_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect datasets.")
 app.add_typer(chain_app, name="chain")
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(no_args_is_help=True, help="The online feature store (user histories, item statistics).")
+app.add_typer(features_app, name="features")
 
 console = Console(soft_wrap=True)  # long paths and commands stay on one line
 SetOption = typer.Option(None, "--set", help="Override a config key: dotted.key=value (repeatable).")
@@ -266,7 +269,7 @@ def serve(model: str = typer.Option(..., "--model", help="A registry ref (name, 
 
 # -------------------------------------------------------------------------- report
 @app.command()
-def report(directory: Path = typer.Argument(..., help="A chain's, --seeds' or sweep's output dir, or a dir of run dirs.")) -> None:
+def report(directory: Path = typer.Argument(..., help="A chain, --seeds or sweep output dir, or a dir of run dirs.")) -> None:
     """Write EXPERIMENT_REPORT.md and a self-contained report.html (charts in DIR/report/)."""
     from recsmith.experiments.report import build_report
 
@@ -401,6 +404,27 @@ def data_prepare(config: Path = typer.Argument(..., help="Experiment config nami
         task = progress.add_task("data", total=None)
         path = resolve_dataset(cfg.data, lambda done, total: progress.update(task, completed=done, total=total))
     data_info(path)
+
+
+@features_app.command("materialize")
+def features_materialize(run_dir: Path = typer.Argument(..., help="A sequence run dir (its dataset is written)."),
+                         store: str = typer.Option(DEFAULT_STORE, "--store",
+                                                   help="sqlite:///PATH.db (embedded) or redis://HOST:PORT/DB.")) -> None:
+    """Write a run's users and items into the online store as a new version, then switch to it."""
+    from recsmith.online.materialize import dataset_of_run, materialize
+    from recsmith.online.store import open_store
+
+    dataset = dataset_of_run(run_dir)
+    opened = open_store(store)
+    try:
+        with _row_progress("materializing") as progress:
+            task = progress.add_task("records", total=None)
+            manifest = materialize(dataset, opened, source=str(run_dir.resolve()),
+                                   progress=lambda done, total: progress.update(task, completed=done, total=total))
+    finally:
+        opened.close()
+    console.print(f"{store}: version {manifest['version']}: {manifest['users']:,} users, {manifest['items']:,} items, "
+                  f"{manifest['events']:,} events from {manifest['dataset']}", highlight=False)
 
 
 @data_app.command("join")

@@ -42,26 +42,34 @@ class Attributes:
                 "genre": self.genre_flags.shape[1] + 1, "hour": 24, "weekday": 7}
 
 
+
 class FeatureBuilder:
     """Prefix sums over the sorted log (per user) and over the log sorted by (item, time)
-    (per item), so any pair's features are a few gathers and one binary search."""
+    (per item), so any pair's features are a few gathers and one binary search.
+
+    `from_parts` builds one from precomputed pieces: the online store (recsmith.online)
+    rebuilds a user's slice of the log and the candidates' item events from what it holds
+    and scores them with this same `features`."""
 
     def __init__(self, log: InteractionLog, attrs: Attributes):
-        self.log, self.attrs = log, attrs
-        flags = attrs.genre_flags[log.item]  # [E, G]
         by_item = np.lexsort((log.ts, log.item))
-        self.item_keys = log.item[by_item] * (1 << 40) + log.ts[by_item]  # sorted
-        self.item_rating_sum = _prefix(log.rating[by_item].astype(np.float64))
+        item_keys = log.item[by_item] * (1 << 40) + log.ts[by_item]  # sorted
+        self._set(log, attrs, item_keys, prefix_sums(log.rating[by_item].astype(np.float64)), {})
         pop_then = self.item_popularity(log.item, log.ts)  # popularity of each event's item at its time
-        self.user_sums = {  # per-event prefix sums, indexed like the log with a leading 0
-            "count": _prefix(np.ones(len(log))),
-            "rating": _prefix(log.rating.astype(np.float64)),
-            "log_pop": _prefix(np.log1p(pop_then)),
-            "year": _prefix(np.nan_to_num(attrs.year[log.item])),
-            "has_year": _prefix(np.isfinite(attrs.year[log.item]).astype(np.float64)),
-        }
-        self.genre_counts = _prefix(flags)  # [E + 1, G]
-        self.genre_ratings = _prefix(flags * log.rating[:, None].astype(np.float32))
+        self.user_sums = user_prefix_sums(log.item, log.rating, pop_then, attrs)
+
+    @classmethod
+    def from_parts(cls, log: InteractionLog, attrs: Attributes, item_keys: np.ndarray, item_rating_sum: np.ndarray,
+                   user_sums: dict[str, np.ndarray]) -> "FeatureBuilder":
+        """`user_sums` as `user_prefix_sums` gives them (indexed like `log`, a leading row),
+        `item_keys` = item * 2**40 + ts sorted and `item_rating_sum` their ratings' prefix."""
+        builder = cls.__new__(cls)
+        builder._set(log, attrs, item_keys, item_rating_sum, user_sums)
+        return builder
+
+    def _set(self, log, attrs, item_keys, item_rating_sum, user_sums) -> None:
+        self.log, self.attrs, self.item_keys, self.item_rating_sum = log, attrs, item_keys, item_rating_sum
+        self.user_sums = user_sums
 
     def item_popularity(self, item: np.ndarray, before: np.ndarray) -> np.ndarray:
         """Interactions with `item` (any user) with a timestamp < `before` (float64)."""
@@ -85,11 +93,11 @@ class FeatureBuilder:
             pop = self.item_popularity(candidates, t)
             hist_mean_log_pop = s["log_pop"] / n
             cand_flags = attrs.genre_flags[candidates]  # [N, G]
-            hist_genres = self.genre_counts[hi] - self.genre_counts[lo]  # [N, G]
+            hist_genres = s["genre_counts"]  # [N, G]
             first = np.clip(attrs.genre[candidates] - 1, 0, None)
             rows = np.arange(len(events))
             first_count = np.where(attrs.genre[candidates] > 0, hist_genres[rows, first], np.nan)
-            first_rating = (self.genre_ratings[hi] - self.genre_ratings[lo])[rows, first]
+            first_rating = s["genre_ratings"][rows, first]
             last_seen = np.where(hi > lo, log.ts[np.maximum(hi - 1, 0)], t)
             out = {
                 "user_id": user, "item_id": candidates,
@@ -116,7 +124,17 @@ class FeatureBuilder:
         return np.clip(np.searchsorted(keys, user * (1 << 40) + since, "left"), lo, hi)
 
 
-def _prefix(values: np.ndarray) -> np.ndarray:
+def user_prefix_sums(item: np.ndarray, rating: np.ndarray, pop_then: np.ndarray, attrs: Attributes) -> dict:
+    """Prefix sums over events (a leading zero row) of what the history statistics add up:
+    `pop_then` is each event's item popularity just before it."""
+    flags = attrs.genre_flags[item]  # [E, G]
+    return {"count": prefix_sums(np.ones(len(item))), "rating": prefix_sums(rating.astype(np.float64)),
+            "log_pop": prefix_sums(np.log1p(pop_then)), "year": prefix_sums(np.nan_to_num(attrs.year[item])),
+            "has_year": prefix_sums(np.isfinite(attrs.year[item]).astype(np.float64)),
+            "genre_counts": prefix_sums(flags), "genre_ratings": prefix_sums(flags * rating[:, None].astype(np.float32))}
+
+
+def prefix_sums(values: np.ndarray) -> np.ndarray:
     """Cumulative sums with a leading zero row: sum(values[a:b]) = out[b] - out[a]."""
     values = np.asarray(values)
     zero = np.zeros((1, *values.shape[1:]), dtype=np.float64 if values.dtype != np.float32 else np.float32)
