@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_cli
 from recsmith.models.gbdt.explain import decision_path
@@ -97,3 +98,74 @@ def test_saved_predictions_give_the_reported_auc(runs):
         y, p = preds.labels["like"], preds.probs["like"]
         assert auc(y, p) == pytest.approx(test["auc_like"], abs=1e-6), name
         assert gauc(y, p, preds.columns["user"]) == pytest.approx(test["gauc_like"], abs=1e-6), name
+
+
+@pytest.fixture(scope="module")
+def online_store(runs):
+    """The runs' dataset in an embedded online store (the Redis backend is checked on the same
+    records in test_online_store.py)."""
+    from recsmith.online.materialize import dataset_of_run, materialize
+    from recsmith.online.store import open_store
+
+    store = open_store(f"sqlite:///{runs / 'store.db'}")
+    materialize(dataset_of_run(runs / "gru"), store)
+    yield store
+    store.close()
+
+
+def test_served_recommendations_and_scores_equal_offline_evaluation(runs, online_store):
+    """From the store, as of each test event's time: GRU4Rec's scores of every item and its
+    top 10 equal the offline TorchScorer's on the dataset's log; DIN's and the hybrid's
+    candidate scores equal the test predictions the runs saved (to 1e-5)."""
+    from recsmith.config.loader import load_experiment
+    from recsmith.data.sequence_dataset import SequenceDataset
+    from recsmith.online.materialize import dataset_of_run
+    from recsmith.online.scoring import SequenceService
+    from recsmith.run_dir import RunDir
+    from recsmith.train.evaluate_sequential import TorchScorer
+    from recsmith.train.fitted import load_sequential_model
+    from recsmith.train.predictions import load_predictions
+
+    dataset = SequenceDataset.load(dataset_of_run(runs / "gru"))
+    log, raw = dataset.log, dataset.raw_ids()
+    events = log.targets("test")[:40]
+    cfg = load_experiment(RunDir(runs / "gru").config)
+    model = load_sequential_model(RunDir(runs / "gru"), cfg, log.num_items)
+    offline = TorchScorer(model, log, events, cfg.model.sequential.max_length, "softmax",
+                          torch.device("cpu")).score(events, None).double().numpy()
+    gru = SequenceService(runs / "gru", online_store)
+    for event, expected in zip(events, offline):
+        items, scores = gru.recommend(raw["user_id"][log.user[event]], int(log.ts[event]), 10)
+        top = np.argsort(-expected, kind="stable")[:10] + 1
+        assert items == [raw["item_id"][i] for i in top]
+        np.testing.assert_allclose(scores, expected[top - 1], atol=1e-5)
+
+    rows = dataset.candidates("test", ["event", "item_id"])
+    chosen = np.isin(rows["event"], events)
+    for name in ("din", "hybrid"):
+        service = SequenceService(runs / name, online_store)
+        saved = load_predictions(runs / name / "predictions_test.npz").probs["like"][chosen]
+        served = []
+        for event in events:
+            items = [raw["item_id"][i] for i in rows["item_id"][rows["event"] == event]]
+            served.append(service.predict(raw["user_id"][log.user[event]], int(log.ts[event]), items))
+        np.testing.assert_allclose(1 / (1 + np.exp(-np.concatenate(served))), saved, atol=1e-5, err_msg=name)
+
+
+def test_served_requests_name_what_is_wrong(runs, online_store):
+    from recsmith.errors import ConfigError, DataError
+    from recsmith.online.features import OnlineFeatures
+    from recsmith.online.scoring import SequenceService
+
+    gru, hybrid = SequenceService(runs / "gru", online_store), SequenceService(runs / "hybrid", online_store)
+    with pytest.raises(DataError, match="user 'nobody' is not in the online store"):
+        gru.recommend("nobody", 10**9, 5)
+    with pytest.raises(DataError, match=r"item\(s\) \['no-such-item'\] are not in the catalogue"):
+        hybrid.predict(1, 10**9, [50, "no-such-item"])
+    with pytest.raises(ConfigError, match="scores given candidates"):
+        hybrid.recommend(1, 10**9, 5)
+    with pytest.raises(ConfigError, match="not served online yet"):
+        SequenceService(runs / "pop", online_store)
+    ranked = gru.recommend(1, 10**10, 1682, exclude_seen=True)[0]  # every item: the seen ones last
+    history = set(OnlineFeatures(online_store).user(1).arrays["item"].tolist())
+    assert len(ranked) == 1682 and not {gru.codes[str(i)] for i in ranked[:1682 - len(history)]} & history

@@ -49,8 +49,10 @@ class OnlineFeatures:
             raise DataError(f"user {user!r} is not in the online store")
         return UserRecord(*unpack(value))
 
-    def request(self, user, at: int, candidates=(), version: int | None = None) -> "RequestView":
-        """What a request of `user` at time `at` (seconds) sees, with these candidate item codes."""
+    def request(self, user, at: int, candidates=(), version: int | None = None,
+                num_items: int = 0) -> "RequestView":
+        """What a request of `user` at time `at` (seconds) sees, with these candidate item
+        codes; `num_items` (the catalogue's size) lets a model score every item."""
         candidates = np.asarray(candidates, np.int64)
         items, local = np.unique(candidates, return_inverse=True)
         values = self.store.get_many([f"user:{user}", *(f"item:{i}" for i in items.tolist())], version)
@@ -60,7 +62,7 @@ class OnlineFeatures:
         if missing:
             raise DataError(f"item(s) {missing[:5]} are not in the online store's catalogue")
         return RequestView(UserRecord(*unpack(values[0])), at, candidates, local + 1,
-                           [unpack(v) for v in values[1:]])
+                           [unpack(v) for v in values[1:]], num_items)
 
     def features(self, user, at: int, candidates, version: int | None = None) -> dict[str, np.ndarray]:
         return self.request(user, at, candidates, version).features()
@@ -68,9 +70,11 @@ class OnlineFeatures:
 
 class RequestView:
     """The user's first k events (those before `at`) and the request (event k) as a log of
-    user 1, and the candidates' events as items 1..m."""
+    user 1 (`log`, its items in the dataset's codes: what a sequence model reads), and the
+    candidates' events as items 1..m (what `features` reads)."""
 
-    def __init__(self, record: UserRecord, at: int, candidates: np.ndarray, local: np.ndarray, item_records: list):
+    def __init__(self, record: UserRecord, at: int, candidates: np.ndarray, local: np.ndarray, item_records: list,
+                 num_items: int = 0):
         self.record, self.candidates, self.local = record, candidates, local
         self.visible = k = record.visible(at)
         arrays, profile = record.arrays, record.profile
@@ -78,7 +82,7 @@ class RequestView:
             user=np.ones(k + 1, np.int64), item=np.r_[arrays["item"][:k], 0].astype(np.int64),
             ts=np.r_[arrays["ts"][:k], at].astype(np.int64), rating=np.r_[arrays["rating"][:k], 0].astype(np.int8),
             split=np.zeros(k + 1, np.int8), prefix_end=np.full(k + 1, k, np.int64),
-            user_start=np.array([0, 0, k + 1], np.int64), num_items=len(item_records))
+            user_start=np.array([0, 0, k + 1], np.int64), num_items=num_items)
         genres = len(item_records[0][0]["genre_flags"]) if item_records else 0
         self.attrs = Attributes(
             gender=np.array([0, profile["gender"]], np.int64),

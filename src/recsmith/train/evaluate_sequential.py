@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from recsmith.data.sequence_dataset import SequenceDataset
+from recsmith.data.sequences import InteractionLog
 from recsmith.metrics.auc import auc, gauc
 from recsmith.metrics.classification import logloss
 from recsmith.metrics.ranking import target_ranks, topk_metrics
@@ -117,11 +118,12 @@ class TorchScorer:
 
     has_loss = True
 
-    def __init__(self, model, dataset: SequenceDataset, events: np.ndarray, max_length: int, objective: str,
+    def __init__(self, model, log: InteractionLog, events: np.ndarray, max_length: int, objective: str,
                  device: torch.device, batch_rows: int = 8192):
+        """`log` is a dataset's, or one request's (recsmith.online.features.RequestView)."""
         self.model, self.device, self.objective = model, device, objective
-        self.history = EventHistories(dataset.log, events, max_length)
-        self.num_items, self.batch_rows = dataset.log.num_items, batch_rows
+        self.history = EventHistories(log, events, max_length)
+        self.num_items, self.batch_rows = log.num_items, batch_rows
 
     @torch.no_grad()
     def score(self, events: np.ndarray, candidates: np.ndarray | None) -> torch.Tensor:

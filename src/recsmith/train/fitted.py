@@ -63,10 +63,17 @@ class BoosterScorer:
 
 def load_din(run_dir: str | Path, dataset: SequenceDataset):
     """A trained DIN run's best model, checked to be trained on `dataset`."""
-    from recsmith.config.loader import load_experiment
     from recsmith.data.sources import resolve_dataset
-    from recsmith.models.next_item import build_sequential_model
-    from recsmith.train.checkpoint import load_checkpoint
+
+    model, max_length, din_cfg = load_din_run(run_dir, dataset.log.num_items)
+    if Path(resolve_dataset(din_cfg.data)).resolve() != dataset.directory.resolve():
+        raise ConfigError(f"model.sequential.hybrid_din_run: {run_dir} was trained on another dataset")
+    return model, max_length
+
+
+def load_din_run(run_dir: str | Path, num_items: int):
+    """(model in eval mode, its history length, its config) of a trained DIN run."""
+    from recsmith.config.loader import load_experiment
 
     run = RunDir(run_dir)
     if not run.config.is_file() or not run.ckpt_best.is_file():
@@ -74,11 +81,17 @@ def load_din(run_dir: str | Path, dataset: SequenceDataset):
     din_cfg = load_experiment(run.config)
     if din_cfg.model.family != "sequential" or din_cfg.model.sequential.architecture != "din":
         raise ConfigError(f"model.sequential.hybrid_din_run: {run_dir} is not a DIN run")
-    if Path(resolve_dataset(din_cfg.data)).resolve() != dataset.directory.resolve():
-        raise ConfigError(f"model.sequential.hybrid_din_run: {run_dir} was trained on another dataset")
-    model = build_sequential_model(dataset.log.num_items, din_cfg)
+    return load_sequential_model(run, din_cfg, num_items), din_cfg.model.sequential.max_length, din_cfg
+
+
+def load_sequential_model(run: RunDir, cfg, num_items: int):
+    """A trained neural sequence run's best checkpoint, in eval mode."""
+    from recsmith.models.next_item import build_sequential_model
+    from recsmith.train.checkpoint import load_checkpoint
+
+    model = build_sequential_model(num_items, cfg)
     model.load_state_dict(load_checkpoint(run.ckpt_best)["model"])
-    return model.eval(), din_cfg.model.sequential.max_length
+    return model.eval()
 
 
 def feature_matrix(cfg, dataset: SequenceDataset, run: RunDir) -> FeatureMatrix:

@@ -39,7 +39,7 @@ def protocol_label(cfg) -> dict:
 def split_scorer(model, dataset: SequenceDataset, split: EvalSplit, cfg, device) -> TorchScorer:
     events = np.concatenate([split.events, split.rows["event"]])
     seq = cfg.model.sequential
-    return TorchScorer(model, dataset, events, seq.max_length, seq.objective, device)
+    return TorchScorer(model, dataset.log, events, seq.max_length, seq.objective, device)
 
 
 class SequentialSetup:

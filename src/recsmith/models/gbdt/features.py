@@ -39,7 +39,10 @@ class FeatureMatrix:
         self.names = list(EXPLICIT) + (din.names if din else [])
 
     def __call__(self, events: np.ndarray, items: np.ndarray) -> np.ndarray:
-        features = self.builder.features(events, items)
-        columns = [features[n].astype(np.float32) for n in EXPLICIT]
-        matrix = np.stack(columns, axis=1)
-        return np.concatenate([matrix, self.din(events, items)], axis=1) if self.din else matrix
+        return assemble(self.builder.features(events, items), self.din(events, items) if self.din else None)
+
+
+def assemble(features: dict[str, np.ndarray], din: np.ndarray | None = None) -> np.ndarray:
+    """The [N, F] matrix of explicit features (FeatureBuilder.features), then the DIN columns."""
+    matrix = np.stack([features[n].astype(np.float32) for n in EXPLICIT], axis=1)
+    return np.concatenate([matrix, din], axis=1) if din is not None else matrix

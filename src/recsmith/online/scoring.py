@@ -1,0 +1,98 @@
+"""A sequence run answering requests from the online store: top-K recommendations from a
+next-item model (SASRec, GRU4Rec, NARM, AvgPool), candidate scores from DIN, LightGBM or the
+DIN + LightGBM hybrid. Each request is a RequestView (recsmith.online.features) and is
+scored by the classes that evaluated the run: TorchScorer on the view's one-user log, and
+LightGBM on the matrix `FeatureMatrix` assembles (explicit features, then DIN's columns)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recsmith.config.loader import load_experiment
+from recsmith.errors import ConfigError, DataError
+from recsmith.models.gbdt.features import DINFeatures, assemble
+from recsmith.online.codec import unpack
+from recsmith.online.features import OnlineFeatures, RequestView
+from recsmith.online.store import OnlineStore
+from recsmith.run_dir import RunDir
+from recsmith.train.evaluate_sequential import TorchScorer
+from recsmith.train.fitted import BOOSTER_FILE, load_din_run, load_sequential_model
+from recsmith.train.sequential_data import EventHistories
+
+RECOMMENDERS = ("sasrec", "gru4rec", "narm", "avgpool")  # score every item: POST /recommend
+RANKERS = ("din", "lightgbm", "hybrid")  # score given candidates: POST /predict
+
+
+class SequenceService:
+    def __init__(self, run_dir: str | Path, store: OnlineStore):
+        run = RunDir(run_dir)
+        if not run.config.is_file():
+            raise ConfigError(f"{run_dir}: not a run dir (no config.yaml)")
+        cfg = load_experiment(run.config)
+        if cfg.model.family != "sequential":
+            raise ConfigError(f"{run_dir}: a '{cfg.model.family}' run; the online store serves sequence runs")
+        manifest = store.manifest()
+        if manifest is None:
+            raise DataError(f"online store {store.uri} is empty: run `recsmith features materialize {run_dir} "
+                            f"--store {store.uri}` first")
+        catalog = store.get_many(["catalog"])[0]
+        self.items_raw = unpack(catalog)[1]["items"]  # raw id by code (code 0: none)
+        self.codes = {str(raw): code for code, raw in enumerate(self.items_raw) if raw is not None}
+        self.num_items, self.store, self.features = manifest["items"], store, OnlineFeatures(store)
+        seq = cfg.model.sequential
+        self.architecture, self.max_length, self.objective = seq.architecture, seq.max_length, seq.objective
+        self.model = self.booster = self.din = None
+        if seq.architecture in RECOMMENDERS + ("din",):
+            self.model = load_sequential_model(run, cfg, self.num_items)
+        elif seq.architecture in ("lightgbm", "hybrid"):
+            import lightgbm as lgb
+
+            if not (run.path / BOOSTER_FILE).is_file():
+                raise DataError(f"{run_dir}: no {BOOSTER_FILE}: the run has not finished")
+            self.booster = lgb.Booster(model_file=str(run.path / BOOSTER_FILE))
+            if seq.architecture == "hybrid":
+                self.din, self.din_length, _ = load_din_run(run.path.resolve().parent / seq.hybrid_din_run,
+                                                            self.num_items)
+        else:
+            raise ConfigError(f"{run_dir}: '{seq.architecture}' is not served online yet "
+                              f"(served: {', '.join(RECOMMENDERS + RANKERS)})")
+        self.mode = "recommend" if seq.architecture in RECOMMENDERS else "predict"
+
+    def item_codes(self, items: list) -> np.ndarray:
+        unknown = [i for i in items if str(i) not in self.codes]
+        if unknown:
+            raise DataError(f"item(s) {unknown[:5]} are not in the catalogue")
+        return np.array([self.codes[str(i)] for i in items], np.int64)
+
+    @torch.no_grad()
+    def recommend(self, user, at: int, k: int, exclude_seen: bool = False) -> tuple[list, np.ndarray]:
+        """The top `k` items (raw ids) and their scores for `user` at time `at`."""
+        if self.mode != "recommend":
+            raise ConfigError(f"a '{self.architecture}' model scores given candidates (POST /predict), "
+                              "it does not rank the catalogue")
+        view = self.features.request(user, at, num_items=self.num_items)
+        scores = self._torch(view).score(np.array([view.visible]), None)[0].double()
+        if exclude_seen and view.visible:
+            scores[torch.from_numpy(view.log.item[:view.visible] - 1)] = -torch.inf
+        top = torch.topk(scores, min(k, self.num_items))
+        return [self.items_raw[c] for c in (top.indices + 1).tolist()], top.values.numpy()
+
+    @torch.no_grad()
+    def predict(self, user, at: int, items: list) -> np.ndarray:
+        """Scores (logits; LightGBM's raw score) of the candidate items (raw ids)."""
+        codes = self.item_codes(items)
+        view = self.features.request(user, at, codes, num_items=self.num_items)
+        events = np.full(len(codes), view.visible)
+        if self.booster is None:
+            return self._torch(view).score(events[:1], codes[None, :])[0].double().numpy()
+        din = None
+        if self.din is not None:
+            din = DINFeatures(self.din, EventHistories(view.log, events[:1], self.din_length))(events, codes)
+        return self.booster.predict(assemble(view.features(), din), raw_score=True)
+
+    def _torch(self, view: RequestView) -> TorchScorer:
+        return TorchScorer(self.model, view.log, np.array([view.visible]), self.max_length, self.objective,
+                           torch.device("cpu"))
