@@ -7,6 +7,7 @@ shape, offset]}, "values": {...}}, then the arrays' bytes."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import numpy as np
@@ -38,7 +39,7 @@ def unpack(data: bytes) -> tuple[dict[str, np.ndarray], dict]:
         for name, (dtype, shape, offset) in head["arrays"].items():
             if dtype not in _ALLOWED:
                 raise ValueError(f"dtype {dtype}")
-            count = int(np.prod(shape)) if shape else 1
+            count = math.prod(shape)  # 1 for a scalar's []
             arrays[name] = np.frombuffer(body, dtype, count, offset).reshape(shape)
         return arrays, head["values"]
     except (struct.error, ValueError, KeyError, TypeError) as exc:
