@@ -169,3 +169,57 @@ def test_served_requests_name_what_is_wrong(runs, online_store):
     ranked = gru.recommend(1, 10**10, 1682, exclude_seen=True)[0]  # every item: the seen ones last
     history = set(OnlineFeatures(online_store).user(1).arrays["item"].tolist())
     assert len(ranked) == 1682 and not {gru.codes[str(i)] for i in ranked[:1682 - len(history)]} & history
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_service_recommends_scores_and_takes_events_over_http(runs, tmp_path, backend):
+    """`recsmith serve --model RUN --store URI` as a user calls it: /recommend and /predict equal
+    the in-process answers (themselves equal to the offline evaluation, above), an event is
+    applied once and changes the next recommendation, events need their own token."""
+    import httpx
+
+    from conftest import redis_url
+    from recsmith.online.materialize import dataset_of_run, materialize
+    from recsmith.online.scoring import SequenceService
+    from recsmith.online.store import open_store
+    from recsmith.serve.app import ServeSettings
+    from recsmith.serve.server import make_online_app, start_background
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}" if backend == "sqlite" else f"{redis_url()}?prefix=http{tmp_path.name}"
+    store = open_store(uri)
+    materialize(dataset_of_run(runs / "gru"), store)
+    settings = ServeSettings(token="score")
+    gru = start_background(make_online_app(str(runs / "gru"), uri, settings, events_token="events"))
+    hybrid = start_background(make_online_app(str(runs / "hybrid"), uri, settings))
+    scoring, eventing = {"Authorization": "Bearer score"}, {"Authorization": "Bearer events"}
+    try:
+        with httpx.Client(timeout=30) as client:
+            ask = {"user": 1, "k": 10, "exclude_seen": True, "at": 10**10}
+            before = client.post(f"{gru.url}/recommend", json=ask, headers=scoring).json()
+            expected = SequenceService(runs / "gru", store).recommend(1, 10**10, 10, exclude_seen=True)
+            assert before["items"] == expected[0]
+            np.testing.assert_allclose(before["scores"], expected[1], atol=1e-5)
+            candidates = [50, 181, 1, 1682]
+            scored = client.post(f"{hybrid.url}/predict", json={"user": 1, "candidates": candidates, "at": 10**10},
+                                 headers=scoring).json()
+            np.testing.assert_allclose(scored["scores"], SequenceService(runs / "hybrid", store).predict(
+                1, 10**10, candidates), atol=1e-5)
+            event = {"id": "ev-1", "user": 1, "item": before["items"][0], "ts": 10**10 - 60, "rating": 5}
+            assert client.post(f"{gru.url}/events", json=event, headers=scoring).status_code == 401
+            assert client.post(f"{gru.url}/events", json=event, headers=eventing).json() == {"id": "ev-1",
+                                                                                           "applied": True}
+            assert client.post(f"{gru.url}/events", json=event, headers=eventing).json()["applied"] is False
+            after = client.post(f"{gru.url}/recommend", json=ask, headers=scoring).json()
+            assert before["items"][0] not in after["items"] and after["scores"] != before["scores"]
+            assert client.post(f"{hybrid.url}/events", json=event, headers=eventing).status_code == 403
+            unknown = client.post(f"{gru.url}/recommend", json={**ask, "user": "nobody"}, headers=scoring)
+            assert unknown.status_code == 422 and "user 'nobody' is not in the online store" in unknown.json()["detail"]
+            wrong = client.post(f"{hybrid.url}/recommend", json=ask, headers=scoring)
+            assert wrong.status_code == 422 and "scores given candidates" in wrong.json()["detail"]
+            assert client.post(f"{gru.url}/recommend", json=ask).status_code == 401
+            health = client.get(f"{gru.url}/health").json()
+            assert health["events"] == 1 and health["duplicate_events"] == 1 and health["answers"] == "POST /recommend"
+    finally:
+        gru.stop()
+        hybrid.stop()
+        store.close()

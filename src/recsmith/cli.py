@@ -251,16 +251,29 @@ def serve(model: str = typer.Option(..., "--model", help="A registry ref (name, 
           max_body_bytes: Optional[int] = typer.Option(
               None, "--max-body-bytes", min=1, help="Request body bytes (more: 413; default 4 KiB per --max-batch row)."),
           max_pending: int = typer.Option(32, "--max-pending", min=1, help="Requests admitted at once (more: 503)."),
-          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for inference.")) -> None:
-    """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, hot swap, gray release."""
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for inference."),
+          store: Optional[str] = typer.Option(
+              None, "--store", help="A sequence run's online store (sqlite:///PATH.db, redis://...): "
+                                    "POST /recommend, /predict {user, candidates}, /events."),
+          events_token: Optional[str] = typer.Option(
+              None, "--events-token", envvar="RECSMITH_EVENTS_TOKEN",
+              help="Bearer token for POST /events (with --store); without it events are refused.")) -> None:
+    """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, hot swap, gray release;
+    with --store, a sequence run: POST /recommend, /predict {user, candidates}, /events."""
     from recsmith.serve.app import ServeSettings
-    from recsmith.serve.server import allowed_hosts, make_app, run_service
+    from recsmith.serve.server import allowed_hosts, make_app, make_online_app, run_service
 
     setup_logging()
     settings = ServeSettings(max_batch=max_batch, max_body_bytes=max_body_bytes, max_pending=max_pending,
                              token=token or None, admin_token=admin_token or None,
                              allow_local_models=allow_local_models, allowed_hosts=allowed_hosts(host, allowed_host or []),
                              log_dir=log_dir, log_fsync_seconds=log_fsync_seconds, watch_seconds=watch)
+    if store:
+        app_ = make_online_app(model, store, settings, events_token or None, threads)
+        console.print(f"serving {model} from {store} on http://{host}:{port} (POST /recommend or /predict, "
+                      f"GET /health, GET /metadata; events {'on' if events_token else 'off'})", highlight=False)
+        run_service(app_, host, port, settings)
+        return
     app_ = make_app(model, settings, str(registry) if registry else None, canary, canary_share, threads)
     admin = "on" if settings.admin_token else "off"
     console.print(f"serving {model} on http://{host}:{port} (POST /predict, GET /health, GET /metadata; admin API {admin})")

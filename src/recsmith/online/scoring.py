@@ -32,6 +32,7 @@ class SequenceService:
         if not run.config.is_file():
             raise ConfigError(f"{run_dir}: not a run dir (no config.yaml)")
         cfg = load_experiment(run.config)
+        self.run_dir = str(run_dir)
         if cfg.model.family != "sequential":
             raise ConfigError(f"{run_dir}: a '{cfg.model.family}' run; the online store serves sequence runs")
         manifest = store.manifest()

@@ -97,6 +97,33 @@ def _problem(error: dict) -> str:
     return f"{where}: {error['msg']}"
 
 
+def guarded_app(title: str, settings: ServeSettings, count_status, lifespan=None) -> FastAPI:
+    """A FastAPI app behind the service's guards (Host names, body limit, the status count)
+    that answers an invalid request with one readable line per problem."""
+    app = FastAPI(title=title, lifespan=lifespan)
+    # added innermost first: the status count sees every answer, Host and body checks included
+    app.add_middleware(BodyLimit, limit=settings.body_limit)
+    if settings.allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
+    app.add_middleware(StatusCounter, count=count_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        problems = [_problem(e) for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": "; ".join(dict.fromkeys(problems))})
+
+    return app
+
+
+def scoring_token(settings: ServeSettings):
+    """The dependency that checks `settings.token` (when set) on scoring endpoints."""
+    def authorised(request: Request) -> None:
+        if settings.token and not bearer_matches(request.headers.get("authorization"), settings.token):
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+
+    return authorised
+
+
 def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettings,
               primary_ref: Optional[str] = None) -> FastAPI:
     """The service around a first deployment; `source` loads other models for swaps and
@@ -133,17 +160,9 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
         if request_log is not None:
             request_log.close()
 
-    app = FastAPI(title="recsmith scoring service", lifespan=lifespan)
+    app = guarded_app("recsmith scoring service", settings, count_status, lifespan)
     app.state.slot, app.state.request_log = slot, request_log
-    # added innermost first: the status count sees every answer, Host and body checks included
-    app.add_middleware(BodyLimit, limit=settings.body_limit)
-    if settings.allowed_hosts is not None:
-        app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
-    app.add_middleware(StatusCounter, count=count_status)
-
-    def authorised(request: Request) -> None:
-        if settings.token and not bearer_matches(request.headers.get("authorization"), settings.token):
-            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+    authorised = scoring_token(settings)
 
     def admin(request: Request) -> None:
         if not settings.admin_token:
@@ -151,11 +170,6 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
                                      "(or RECSMITH_ADMIN_TOKEN) to swap models or run a canary over HTTP")
         if not bearer_matches(request.headers.get("authorization"), settings.admin_token):
             raise HTTPException(401, "missing or wrong admin token (Authorization: Bearer <admin token>)")
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):  # one readable line per problem
-        problems = [_problem(e) for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": "; ".join(dict.fromkeys(problems))})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -61,6 +61,23 @@ def make_app(model: str, settings: ServeSettings, registry: Optional[str] = None
     return build_app(deployment, source, settings, primary_ref=model)
 
 
+def make_online_app(model: str, store: str, settings: ServeSettings, events_token: Optional[str] = None,
+                    threads: Optional[int] = None):
+    """A sequence run scoring from an online store (recsmith.serve.online_app)."""
+    from recsmith.online.scoring import SequenceService
+    from recsmith.online.store import open_store
+    from recsmith.serve.online_app import build_online_app
+
+    check_settings(settings)
+    for name, value in (("--token", settings.token), ("--admin-token", settings.admin_token)):
+        if events_token is not None and value is not None and events_token == value:
+            raise ConfigError(f"--events-token must differ from {name}: whoever may score must not also change "
+                              "the features served")
+    if threads:
+        torch.set_num_threads(threads)
+    return build_online_app(SequenceService(model, open_store(store)), settings, events_token)
+
+
 def run_service(app, host: str, port: int, settings: ServeSettings) -> None:
     if host not in LOOPBACK_NAMES and not settings.token:
         log.warning("serving on %s without a bearer token: anyone who can reach it can score", host)
