@@ -56,6 +56,7 @@ def test_most_popular_lightgbm_hybrid_and_explain(runs):
     assert pop["parameters"] == 0 and pop["test"]["ndcg_10"] > 0.005
     # DIN scores every (user, item) pair one by one: the sampled protocol keeps the test quick
     din = train(runs / "din", "model.sequential.architecture=din", "runtime.best_selection.primary_key=auc_like",
+                "model.sequential.max_length=20",  # the hybrid scores every train row with it: short keeps it quick
                 "topk.protocol=sampled")
     assert 0.5 < din["test"]["auc_like"] <= 1.0 and np.isfinite(din["test"]["logloss_like"])
     hybrid = train(runs / "hybrid", "model.sequential.architecture=hybrid", f"model.sequential.hybrid_din_run={runs / 'din'}",
