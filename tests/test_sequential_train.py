@@ -205,6 +205,19 @@ def test_the_service_recommends_scores_and_takes_events_over_http(runs, tmp_path
                                  headers=scoring).json()
             np.testing.assert_allclose(scored["scores"], SequenceService(runs / "hybrid", store).predict(
                 1, 10**10, candidates), atol=1e-5)
+            why = client.post(f"{hybrid.url}/predict", json={"user": 1, "candidates": candidates, "at": 10**10,
+                                                            "explain": True, "reasons": 500}, headers=scoring).json()
+            np.testing.assert_allclose(why["scores"], scored["scores"], atol=1e-6)
+            for score, reasons in zip(why["scores"], why["reasons"]):  # every feature: SHAP + bias = the score
+                assert len(reasons) == 87 and abs(sum(r["contribution"] for r in reasons) + why["bias"] - score) < 1e-6
+                sizes = [abs(r["contribution"]) for r in reasons]
+                assert sizes == sorted(sizes, reverse=True)
+            top3 = client.post(f"{hybrid.url}/predict", json={"user": 1, "candidates": candidates, "at": 10**10,
+                                                             "explain": True}, headers=scoring).json()
+            assert [r[:3] for r in why["reasons"]] == top3["reasons"]
+            no_reasons = client.post(f"{gru.url}/predict", json={"user": 1, "candidates": [50], "explain": True},
+                                     headers=scoring)
+            assert no_reasons.status_code == 422 and "reasons come from LightGBM" in no_reasons.json()["detail"]
             event = {"id": "ev-1", "user": 1, "item": before["items"][0], "ts": 10**10 - 60, "rating": 5}
             assert client.post(f"{gru.url}/events", json=event, headers=scoring).status_code == 401
             assert client.post(f"{gru.url}/events", json=event, headers=eventing).json() == {"id": "ev-1",

@@ -86,13 +86,36 @@ class SequenceService:
         """Scores (logits; LightGBM's raw score) of the candidate items (raw ids)."""
         codes = self.item_codes(items)
         view = self.features.request(user, at, codes, num_items=self.num_items)
-        events = np.full(len(codes), view.visible)
         if self.booster is None:
-            return self._torch(view).score(events[:1], codes[None, :])[0].double().numpy()
+            return self._torch(view).score(np.array([view.visible]), codes[None, :])[0].double().numpy()
+        return self.booster.predict(self._matrix(view, codes), raw_score=True)
+
+    @torch.no_grad()
+    def explain(self, user, at: int, items: list, top: int) -> tuple[np.ndarray, float, list[list[dict]]]:
+        """LightGBM's SHAP values (pred_contrib) of each candidate: (raw scores, the bias, per
+        candidate its `top` features by |contribution| with their values). The contributions
+        and the bias add up to the score."""
+        if self.booster is None:
+            raise ConfigError(f"reasons come from LightGBM's SHAP values (lightgbm and hybrid runs); this is a "
+                              f"'{self.architecture}' run")
+        codes = self.item_codes(items)
+        matrix = self._matrix(self.features.request(user, at, codes, num_items=self.num_items), codes)
+        contrib = self.booster.predict(matrix, pred_contrib=True)  # [N, F + 1], the last column is the bias
+        names = self.booster.feature_name()
+        reasons = []
+        for row, values in zip(contrib, matrix):
+            order = np.argsort(-np.abs(row[:-1]), kind="stable")[:top]
+            reasons.append([{"feature": names[i], "value": float(values[i]), "contribution": float(row[i])}
+                            for i in order])
+        return contrib.sum(axis=1), float(contrib[0, -1]), reasons
+
+    def _matrix(self, view: RequestView, codes: np.ndarray) -> np.ndarray:
+        """The booster's input: explicit features, then (the hybrid) DIN's columns."""
+        events = np.full(len(codes), view.visible)
         din = None
         if self.din is not None:
             din = DINFeatures(self.din, EventHistories(view.log, events[:1], self.din_length))(events, codes)
-        return self.booster.predict(assemble(view.features(), din), raw_score=True)
+        return assemble(view.features(), din)
 
     def _torch(self, view: RequestView) -> TorchScorer:
         return TorchScorer(self.model, view.log, np.array([view.visible]), self.max_length, self.objective,

@@ -38,6 +38,8 @@ class CandidatesRequest(BaseModel):
     user: str | int
     candidates: list[str | int] = Field(min_length=1, description="raw item ids")
     at: Optional[int] = Field(None, ge=0, description="request time, seconds (default: now)")
+    explain: bool = Field(False, description="each candidate's top SHAP reasons (lightgbm and hybrid runs)")
+    reasons: int = Field(3, ge=1, le=500, description="reasons per candidate when explain is true")
 
 
 def build_online_app(service: SequenceService, settings: ServeSettings, events_token: Optional[str] = None) -> FastAPI:
@@ -105,10 +107,14 @@ def build_online_app(service: SequenceService, settings: ServeSettings, events_t
         if len(body.candidates) > settings.max_batch:
             raise HTTPException(413, f"{len(body.candidates)} candidates in one request; at most {settings.max_batch}")
         at = body.at if body.at is not None else int(time.time())
-        scores = scored(lambda: service.predict(body.user, at, body.candidates))
+        answer = {"model": service.run_dir, "user": body.user, "at": at, "candidates": body.candidates}
+        if body.explain:
+            scores, bias, reasons = scored(lambda: service.explain(body.user, at, body.candidates, body.reasons))
+            answer.update(bias=bias, reasons=reasons)
+        else:
+            scores = scored(lambda: service.predict(body.user, at, body.candidates))
         count("requests")
-        return {"model": service.run_dir, "user": body.user, "at": at, "candidates": body.candidates,
-                "scores": scores.tolist()}
+        return {**answer, "scores": scores.tolist()}
 
     @app.post("/events", dependencies=[Depends(events_allowed)])
     def events(body: Event) -> dict:
