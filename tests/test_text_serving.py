@@ -37,10 +37,12 @@ def train(tmp_path: Path, name: str, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    """A tiny fine-tune (bf16 where the machine has it, as `auto` picks) and its test texts."""
+    """A tiny fine-tune trained in bf16 autocast whatever the CPU (forced: `auto` would pick
+    fp32 on one without native bf16, and test_text_classifier's fine-tune covers fp32), scored
+    in fp32, and its test texts."""
     tmp_path = tmp_path_factory.mktemp("text-serving")
     toy_table(tmp_path / "toy.parquet")
-    run = train(tmp_path, "run")
+    run = train(tmp_path, "run", "--set", "runtime.amp=bf16")
     dataset = Path(json.loads((run / "eval.json").read_text())["dataset"])
     return run, pq.read_table(dataset / "test.parquet").select(["text"])
 

@@ -44,10 +44,7 @@ class OnlineFeatures:
         self.store = store
 
     def user(self, user, version: int | None = None) -> UserRecord:
-        value = self.store.get_many([f"user:{user}"], version)[0]
-        if value is None:
-            raise DataError(f"user {user!r} is not in the online store")
-        return UserRecord(*unpack(value))
+        return _user_record(user, self.store.get_many([f"user:{user}"], version)[0])
 
     def request(self, user, at: int, candidates=(), version: int | None = None,
                 num_items: int = 0) -> "RequestView":
@@ -56,16 +53,21 @@ class OnlineFeatures:
         candidates = np.asarray(candidates, np.int64)
         items, local = np.unique(candidates, return_inverse=True)
         values = self.store.get_many([f"user:{user}", *(f"item:{i}" for i in items.tolist())], version)
-        if values[0] is None:
-            raise DataError(f"user {user!r} is not in the online store")
+        record = _user_record(user, values[0])
         missing = [int(i) for i, v in zip(items, values[1:]) if v is None]
         if missing:
             raise DataError(f"item(s) {missing[:5]} are not in the online store's catalogue")
-        return RequestView(UserRecord(*unpack(values[0])), at, candidates, local + 1,
+        return RequestView(record, at, candidates, local + 1,
                            [unpack(v) for v in values[1:]], num_items)
 
     def features(self, user, at: int, candidates, version: int | None = None) -> dict[str, np.ndarray]:
         return self.request(user, at, candidates, version).features()
+
+
+def _user_record(user, value: bytes | None) -> UserRecord:
+    if value is None:
+        raise DataError(f"user {user!r} is not in the online store")
+    return UserRecord(*unpack(value))
 
 
 class RequestView:

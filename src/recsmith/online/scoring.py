@@ -84,8 +84,7 @@ class SequenceService:
     @torch.no_grad()
     def predict(self, user, at: int, items: list) -> np.ndarray:
         """Scores (logits; LightGBM's raw score) of the candidate items (raw ids)."""
-        codes = self.item_codes(items)
-        view = self.features.request(user, at, codes, num_items=self.num_items)
+        codes, view = self._view(user, at, items)
         if self.booster is None:
             return self._torch(view).score(np.array([view.visible]), codes[None, :])[0].double().numpy()
         return self.booster.predict(self._matrix(view, codes), raw_score=True)
@@ -98,8 +97,8 @@ class SequenceService:
         if self.booster is None:
             raise ConfigError(f"reasons come from LightGBM's SHAP values (lightgbm and hybrid runs); this is a "
                               f"'{self.architecture}' run")
-        codes = self.item_codes(items)
-        matrix = self._matrix(self.features.request(user, at, codes, num_items=self.num_items), codes)
+        codes, view = self._view(user, at, items)
+        matrix = self._matrix(view, codes)
         contrib = self.booster.predict(matrix, pred_contrib=True)  # [N, F + 1], the last column is the bias
         names = self.booster.feature_name()
         reasons = []
@@ -108,6 +107,10 @@ class SequenceService:
             reasons.append([{"feature": names[i], "value": float(values[i]), "contribution": float(row[i])}
                             for i in order])
         return contrib.sum(axis=1), float(contrib[0, -1]), reasons
+
+    def _view(self, user, at: int, items: list) -> tuple[np.ndarray, RequestView]:
+        codes = self.item_codes(items)
+        return codes, self.features.request(user, at, codes, num_items=self.num_items)
 
     def _matrix(self, view: RequestView, codes: np.ndarray) -> np.ndarray:
         """The booster's input: explicit features, then (the hybrid) DIN's columns."""
