@@ -251,6 +251,10 @@ def serve(model: str = typer.Option(..., "--model", help="A registry ref (name, 
           max_body_bytes: Optional[int] = typer.Option(
               None, "--max-body-bytes", min=1, help="Request body bytes (more: 413; default 4 KiB per --max-batch row)."),
           max_pending: int = typer.Option(32, "--max-pending", min=1, help="Requests admitted at once (more: 503)."),
+          batch_wait_ms: float = typer.Option(
+              0.0, "--batch-wait-ms", min=0.0, max=50.0,
+              help="Micro-batching: how long a model call waits for more concurrent requests (0: only those already waiting)."),
+          batch_max_rows: int = typer.Option(4096, "--batch-max-rows", min=1, help="Micro-batching: rows per model call."),
           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for inference."),
           store: Optional[str] = typer.Option(
               None, "--store", help="A sequence run's online store (sqlite:///PATH.db, redis://...): "
@@ -267,7 +271,8 @@ def serve(model: str = typer.Option(..., "--model", help="A registry ref (name, 
     settings = ServeSettings(max_batch=max_batch, max_body_bytes=max_body_bytes, max_pending=max_pending,
                              token=token or None, admin_token=admin_token or None,
                              allow_local_models=allow_local_models, allowed_hosts=allowed_hosts(host, allowed_host or []),
-                             log_dir=log_dir, log_fsync_seconds=log_fsync_seconds, watch_seconds=watch)
+                             log_dir=log_dir, log_fsync_seconds=log_fsync_seconds, watch_seconds=watch,
+                             batch_wait_ms=batch_wait_ms, batch_max_rows=batch_max_rows)
     if store:
         app_ = make_online_app(model, store, settings, events_token or None, threads)
         console.print(f"serving {model} from {store} on http://{host}:{port} (POST /recommend or /predict, "

@@ -1,4 +1,4 @@
-"""Raw request rows → one typed table, cast to the raw schema the model's feature
+"""Raw request rows (or columns) → one typed table, cast to the raw schema the model's feature
 definitions imply (`FeaturePipeline.raw_schema`: text for vocabularies, int64 for identity
 ids, float64 for numbers).
 
@@ -35,6 +35,23 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
             index = next(i for i, row in enumerate(rows) if name not in row)
             raise DataError(f"row {index} lacks the field '{name}' (send null for a missing value)") from None
         columns.append(_column(values, field))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def columns_to_table(values: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+    """The columnar form of `rows_to_table` ({field: [value per row]}: a third of the bytes of
+    rows, and no per-row work): the same casts and the same errors, by row and field."""
+    lengths = [len(column) for column in values.values()]
+    if len(set(lengths)) > 1:
+        usual = max(set(lengths), key=lengths.count)
+        odd = ", ".join(f"'{name}' has {len(column)}" for name, column in values.items() if len(column) != usual)
+        raise DataError(f"columns of different lengths: most have {usual} values, {odd}")
+    columns = []
+    for field in schema:
+        name = field.name
+        if name not in values:
+            raise DataError(f"the columns lack the field '{name}' (send null for a missing value)")
+        columns.append(_column(values[name], field))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
