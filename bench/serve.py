@@ -51,9 +51,10 @@ def request_rows(run: Path, count: int) -> list[dict]:
     return raw_synthetic_rows(dataset).slice(0, count).to_pylist()
 
 
-def start_service(run: Path, port: int, threads: int, max_pending: int, batch_wait_ms: float = 0.0) -> subprocess.Popen:
+def start_service(run: Path, port: int, threads: int, max_pending: int, batch_wait_ms: float = 0.0,
+                  backend: str = "torch") -> subprocess.Popen:
     return start_serving(run, port, "--threads", str(threads), "--max-pending", str(max_pending),
-                         "--batch-wait-ms", str(batch_wait_ms))
+                         "--batch-wait-ms", str(batch_wait_ms), "--backend", backend)
 
 
 def start_serving(run: Path, port: int, *options: str) -> subprocess.Popen:
@@ -159,6 +160,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput level")
     parser.add_argument("--clients", default="1,2,4,8", help="concurrency levels for throughput")
     parser.add_argument("--forms", default="rows,columns", help="request forms to measure: rows, columns")
+    parser.add_argument("--backend", default="torch", help="torch, or onnx (the run is exported first)")
     parser.add_argument("--batch-wait-ms", type=float, default=0.0, help="the service's micro-batch wait")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "serve.json")
     args = parser.parse_args()
@@ -170,8 +172,13 @@ def main() -> None:
         rows = request_rows(run, 100)
         from recsmith.serve.server import free_port
 
+        served = run
+        if args.backend == "onnx":
+            from recsmith.serve.export import export_run
+
+            served = Path(export_run(run, "onnx", Path(tmp) / "onnx", parity_rows=2000)["out"])
         port = free_port()
-        service = start_service(run, port, args.threads, max_pending=64, batch_wait_ms=args.batch_wait_ms)
+        service = start_service(served, port, args.threads, 64, args.batch_wait_ms, args.backend)
         url = f"http://127.0.0.1:{port}/predict"
         try:
             latencies = [latency(url, rows[:n], args.requests, form) for form in forms for n in (1, 100)]
@@ -187,7 +194,7 @@ def main() -> None:
         top = max(clean or mine, key=lambda level: level["predictions_per_s"])
         best[form] = {"predictions_per_s": top["predictions_per_s"], "clients": top["clients"], "p99_ms": top["p99_ms"]}
     result = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu_cores": os.cpu_count(), "service_threads": args.threads,
-              "batch_wait_ms": args.batch_wait_ms,
+              "batch_wait_ms": args.batch_wait_ms, "backend": args.backend,
               "model": "configs/base/mtl_funnel.yaml architecture (DeepFM shared-bottom, ctr + cvr)" if not args.run
               else str(args.run), "latency": latencies, "throughput": levels, "max_sustained": best}
     args.out.write_text(json.dumps(result, indent=2) + "\n")

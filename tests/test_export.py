@@ -35,6 +35,29 @@ def test_onnx_export_matches_pytorch_on_the_test_split(ranking_runs, tmp_path):
     np.testing.assert_allclose(exported[0], offline.probs["ctr"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(exported[1], offline.probs["cvr"], atol=1e-5, rtol=0)
     assert json.loads((tmp_path / "bundle" / "export.json").read_text())["parity_rows"] == len(test)
+    served_by_onnx_runtime(tmp_path / "bundle", ranking_runs[0], offline.probs)
+
+
+def served_by_onnx_runtime(bundle: Path, run: Path, offline: dict) -> None:
+    """`serve --backend onnx`: the bundle's graph on ONNX Runtime answers the offline scores;
+    a run dir (no ONNX export) is refused, saying what to do."""
+    import httpx
+
+    from recsmith.errors import ConfigError
+    from recsmith.serve.app import ServeSettings
+    from recsmith.serve.server import make_app, start_background
+
+    server = start_background(make_app(str(bundle), ServeSettings(), backend="onnx"))
+    rows = raw_synthetic_rows(dataset_of(run)).slice(0, 300).to_pylist()
+    try:
+        with httpx.Client() as client:
+            answer = client.post(f"{server.url}/predict", json={"rows": rows}).json()["predictions"]
+    finally:
+        server.stop()
+    for name in ("ctr", "cvr"):
+        np.testing.assert_allclose(answer[name], offline[name][:300], atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="recsmith export"):
+        Scorer.load(run, backend="onnx")
 
 
 def test_torchscript_export_matches_pytorch(ranking_runs, tmp_path):

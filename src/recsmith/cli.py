@@ -256,6 +256,8 @@ def serve(model: str = typer.Option(..., "--model", help="A registry ref (name, 
               help="Micro-batching: how long a model call waits for more concurrent requests (0: only those already waiting)."),
           batch_max_rows: int = typer.Option(4096, "--batch-max-rows", min=1, help="Micro-batching: rows per model call."),
           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for inference."),
+          backend: str = typer.Option(
+              "torch", "--backend", help="torch, or onnx: ONNX Runtime on a `recsmith export --format onnx` bundle."),
           store: Optional[str] = typer.Option(
               None, "--store", help="A sequence run's online store (sqlite:///PATH.db, redis://...): "
                                     "POST /recommend, /predict {user, candidates}, /events."),
@@ -279,7 +281,7 @@ def serve(model: str = typer.Option(..., "--model", help="A registry ref (name, 
                       f"GET /health, GET /metadata; events {'on' if events_token else 'off'})", highlight=False)
         run_service(app_, host, port, settings)
         return
-    app_ = make_app(model, settings, str(registry) if registry else None, canary, canary_share, threads)
+    app_ = make_app(model, settings, str(registry) if registry else None, canary, canary_share, threads, backend)
     admin = "on" if settings.admin_token else "off"
     console.print(f"serving {model} on http://{host}:{port} (POST /predict, GET /health, GET /metadata; admin API {admin})")
     run_service(app_, host, port, settings)

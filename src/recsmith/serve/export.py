@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import json
 import os
 import secrets
 import shutil
@@ -134,6 +135,25 @@ def publish(staging: Path, out: Path) -> None:
                           "finished first); it holds that export's complete bundle and nothing of this one: "
                           "export again with another --out to keep both") from None
     fsync_dir(out.parent)
+
+
+def onnx_runner(bundle: Path) -> Runner:
+    """ONNX Runtime on the model a `recsmith export --format onnx` bundle holds (checked
+    against PyTorch on the test split when it was exported), with the torch thread count."""
+    report_file = bundle / EXPORT_FILE
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+    if report.get("format") != "onnx":
+        raise ConfigError(f"--backend onnx serves bundles made by `recsmith export RUN --format onnx`; {bundle} "
+                          "is not one (export it, then serve the export dir)")
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigError("--backend onnx needs onnxruntime: pip install 'recsmith[export]'")
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    session = onnxruntime.InferenceSession(str(bundle / report["file"]), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return lambda *arrays: session.run(report["outputs"], dict(zip(names, arrays)))
 
 
 def parity(scorer: Scorer, run_exported: Runner, inputs: tuple[np.ndarray, ...], batch_size: int) -> dict[str, float]:

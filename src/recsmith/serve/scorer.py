@@ -8,7 +8,8 @@ Every scorer has `tasks` (its heads), `outputs` (the probabilities it returns, b
 `describe()` (what a client sends and gets). One `recsmith export` can trace also has
 `export_graph()` (a module from named inputs to the outputs, in order, with `.inputs`),
 `export_inputs(dataset_dir, rows)` (those inputs for the first test rows, as arrays) and
-`predict_encoded(*inputs)` (the reference the export is checked against).
+`predict_encoded(*inputs)` (the reference the export is checked against). Such a scorer can
+also run an exported bundle's graph on ONNX Runtime instead of PyTorch (`backend="onnx"`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from recsmith.config.loader import load_experiment
+from recsmith.errors import ConfigError
 from recsmith.plugins import family_of
 from recsmith.run_dir import RunDir
 from recsmith.serve.bundle import BUNDLE_FILE, MODEL_FILE, check_bundlable, served_precision
+
+
+BACKENDS = ("torch", "onnx")
 
 
 class Scorer:
@@ -32,8 +37,11 @@ class Scorer:
     meta: dict
 
     @staticmethod
-    def load(path: str | Path) -> "Scorer":
-        """From a bundle directory (registry version, `recsmith export`) or a finished run dir."""
+    def load(path: str | Path, backend: str = "torch") -> "Scorer":
+        """From a bundle directory (registry version, `recsmith export`) or a finished run dir;
+        `backend` "onnx" runs an ONNX export bundle's graph on ONNX Runtime."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"--backend: '{backend}' is not one of {', '.join(BACKENDS)}")
         path = Path(path)
         if (path / BUNDLE_FILE).is_file():
             meta = json.loads((path / BUNDLE_FILE).read_text())
@@ -46,7 +54,14 @@ class Scorer:
                     "metrics": {"test": report.get("test", {})}}
             config_path, weights = run.config, run.ckpt_best
         cfg = load_experiment(config_path)
-        return family_of(cfg).load_scorer(cfg, meta, data_dir, weights)
+        scorer = family_of(cfg).load_scorer(cfg, meta, data_dir, weights)
+        if backend == "onnx":
+            from recsmith.serve.export import onnx_runner
+
+            if not hasattr(scorer, "runner"):
+                raise ConfigError(f"{path}: --backend onnx: this model family has no exported graph to run")
+            scorer.runner = onnx_runner(path)
+        return scorer
 
     def predict_table(self, table: pa.Table) -> dict:
         raise NotImplementedError

@@ -47,7 +47,7 @@ def check_settings(settings: ServeSettings) -> None:
 
 
 def make_app(model: str, settings: ServeSettings, registry: Optional[str] = None, canary: Optional[str] = None,
-             canary_share: float = 0.0, threads: Optional[int] = None):
+             canary_share: float = 0.0, threads: Optional[int] = None, backend: str = "torch"):
     """Load the first deployment (bad settings and references fail here, before anything listens)."""
     check_settings(settings)
     if canary and not 0.0 < canary_share <= MAX_CANARY_SHARE:
@@ -55,7 +55,7 @@ def make_app(model: str, settings: ServeSettings, registry: Optional[str] = None
                           "is the minority; to send it every request, swap it in)")
     if threads:
         torch.set_num_threads(threads)
-    source = ModelSource(registry)
+    source = ModelSource(registry, backend=backend)
     deployment = Deployment(source.load(model), source.load(canary) if canary else None,
                             canary_share if canary else 0.0)
     return build_app(deployment, source, settings, primary_ref=model)

@@ -28,8 +28,8 @@ class ModelSource:
     """Resolves references to (label, path) and loads them, keeping loaded models by label
     so that polling the registry costs a lookup, not a load."""
 
-    def __init__(self, registry_root: Optional[str | Path] = None, keep: int = 4):
-        self.registry_root, self.keep = registry_root, keep
+    def __init__(self, registry_root: Optional[str | Path] = None, keep: int = 4, backend: str = "torch"):
+        self.registry_root, self.keep, self.backend = registry_root, keep, backend
         self._loaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -56,7 +56,7 @@ class ModelSource:
         with self._lock:
             if label in self._loaded:
                 return self._loaded[label]
-        model = LoadedModel(label, Scorer.load(path))
+        model = LoadedModel(label, Scorer.load(path, self.backend))
         with self._lock:
             self._loaded[label] = model
             while len(self._loaded) > self.keep:  # oldest first

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +35,7 @@ class RankingScorer(Scorer):
     pipeline: FeaturePipeline
     schema: DatasetSchema
     meta: dict  # bundle.json, or a run's description
+    runner: Optional[Callable] = None  # the exported graph on ONNX Runtime (serve/export.py), else PyTorch
 
     @classmethod
     def build(cls, cfg, meta: dict, data_dir: Path, weights: Path) -> "RankingScorer":
@@ -61,6 +63,8 @@ class RankingScorer(Scorer):
     @torch.inference_mode()
     def predict_encoded(self, sparse: np.ndarray, dense: np.ndarray) -> dict[str, np.ndarray]:
         """Probabilities per output for encoded inputs: sparse [N, F] int32, dense [N, D] float32."""
+        if self.runner is not None:
+            return {name: values.astype(np.float64) for name, values in zip(self.outputs, self.runner(sparse, dense))}
         logits = self.model(torch.as_tensor(sparse, dtype=torch.int32), torch.as_tensor(dense, dtype=torch.float32))
         probs = {task: torch.sigmoid(value).double().numpy() for task, value in logits.items()}
         if self.pair:
