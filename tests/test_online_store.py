@@ -16,7 +16,7 @@ from recsmith.data.sources import resolve_dataset
 from recsmith.errors import DataError
 from recsmith.online.codec import pack, unpack
 from recsmith.online.features import OnlineFeatures
-from recsmith.online.materialize import materialize
+from recsmith.online.materialize import POPULARITY, materialize
 from recsmith.online.store import open_store
 from test_movielens import ML100K, needs_ml100k
 
@@ -118,7 +118,7 @@ def test_an_event_is_seen_by_the_next_request_as_if_it_had_been_logged(store):
     with that event appended (to float32 rounding: the history's log-popularity sum is a
     running sum, offline over the whole log); a repeated id changes nothing; an event older
     than the user's last is refused."""
-    from recsmith.data.seq_features import FeatureBuilder
+    from recsmith.data.seq_features import FeatureBuilder, popularity
     from recsmith.data.sequences import build_log
     from recsmith.online.events import Event, apply_event
 
@@ -146,6 +146,8 @@ def test_an_event_is_seen_by_the_next_request_as_if_it_had_been_logged(store):
     expected = offline.features(np.full(len(candidates), target), candidates)
     got = OnlineFeatures(store).features(raw["user_id"][user], probe, candidates)
     assert got["hist_len"][0] == expected["hist_len"][0] == log.user_start[user + 1] - log.user_start[user] + 1
+    keys = unpack(store.get_many([POPULARITY])[0])[0]["keys"]  # most-popular's counts include it too
+    assert np.array_equal(popularity(keys, candidates, probe), offline.item_popularity(candidates, probe))
     for name in CATEGORICAL:
         assert np.array_equal(got[name], expected[name]), name
     for name in NUMERIC:

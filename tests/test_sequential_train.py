@@ -124,7 +124,7 @@ def test_served_recommendations_and_scores_equal_offline_evaluation(runs, online
     from recsmith.online.scoring import SequenceService
     from recsmith.run_dir import RunDir
     from recsmith.train.evaluate_sequential import TorchScorer
-    from recsmith.train.fitted import load_sequential_model
+    from recsmith.train.fitted import PopularityScorer, load_sequential_model
     from recsmith.train.predictions import load_predictions
 
     dataset = SequenceDataset.load(dataset_of_run(runs / "gru"))
@@ -140,6 +140,13 @@ def test_served_recommendations_and_scores_equal_offline_evaluation(runs, online
         top = np.argsort(-expected, kind="stable")[:10] + 1
         assert items == [raw["item_id"][i] for i in top]
         np.testing.assert_allclose(scores, expected[top - 1], atol=1e-5)
+
+    popular = PopularityScorer(dataset).score(events[:5], None).numpy()  # most-popular: counts before t
+    pop = SequenceService(runs / "pop", online_store)
+    for event, expected in zip(events[:5], popular):
+        items, scores = pop.recommend(raw["user_id"][log.user[event]], int(log.ts[event]), 10)
+        assert scores.tolist() == sorted(expected, reverse=True)[:10]
+        assert scores.tolist() == [expected[pop.codes[str(i)] - 1] for i in items]
 
     rows = dataset.candidates("test", ["event", "item_id"])
     chosen = np.isin(rows["event"], events)
@@ -165,8 +172,8 @@ def test_served_requests_name_what_is_wrong(runs, online_store):
         hybrid.predict(1, 10**9, [50, "no-such-item"])
     with pytest.raises(ConfigError, match="scores given candidates"):
         hybrid.recommend(1, 10**9, 5)
-    with pytest.raises(ConfigError, match="not served online yet"):
-        SequenceService(runs / "pop", online_store)
+    pop = SequenceService(runs / "pop", online_store)  # needs no history: a new user gets the popular items
+    assert pop.recommend("nobody", 10**9, 5)[0] == pop.recommend(1, 10**9, 5)[0]
     ranked = gru.recommend(1, 10**10, 1682, exclude_seen=True)[0]  # every item: the seen ones last
     history = set(OnlineFeatures(online_store).user(1).arrays["item"].tolist())
     assert len(ranked) == 1682 and not {gru.codes[str(i)] for i in ranked[:1682 - len(history)]} & history

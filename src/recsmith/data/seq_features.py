@@ -43,6 +43,16 @@ class Attributes:
 
 
 
+ITEM_SHIFT = 1 << 40  # the (item, time) key: item * 2**40 + ts
+
+
+def popularity(item_keys: np.ndarray, item: np.ndarray, before) -> np.ndarray:
+    """Interactions with `item` (any user) before `before`, from the sorted (item, time) keys
+    of every interaction (float64): most-popular's score and the `log_pop` features' count."""
+    return (np.searchsorted(item_keys, item * ITEM_SHIFT + before, "left")
+            - np.searchsorted(item_keys, item * ITEM_SHIFT, "left")).astype(np.float64)
+
+
 class FeatureBuilder:
     """Prefix sums over the sorted log (per user) and over the log sorted by (item, time)
     (per item), so any pair's features are a few gathers and one binary search.
@@ -53,7 +63,7 @@ class FeatureBuilder:
 
     def __init__(self, log: InteractionLog, attrs: Attributes):
         by_item = np.lexsort((log.ts, log.item))
-        item_keys = log.item[by_item] * (1 << 40) + log.ts[by_item]  # sorted
+        item_keys = log.item[by_item] * ITEM_SHIFT + log.ts[by_item]  # sorted
         self._set(log, attrs, item_keys, prefix_sums(log.rating[by_item].astype(np.float64)), {})
         pop_then = self.item_popularity(log.item, log.ts)  # popularity of each event's item at its time
         self.user_sums = user_prefix_sums(log.item, log.rating, pop_then, attrs)
@@ -73,12 +83,11 @@ class FeatureBuilder:
 
     def item_popularity(self, item: np.ndarray, before: np.ndarray) -> np.ndarray:
         """Interactions with `item` (any user) with a timestamp < `before` (float64)."""
-        return (np.searchsorted(self.item_keys, item * (1 << 40) + before, "left")
-                - np.searchsorted(self.item_keys, item * (1 << 40), "left")).astype(np.float64)
+        return popularity(self.item_keys, item, before)
 
     def _item_rating_sum(self, item: np.ndarray, before: np.ndarray) -> np.ndarray:
-        hi = np.searchsorted(self.item_keys, item * (1 << 40) + before, "left")
-        lo = np.searchsorted(self.item_keys, item * (1 << 40), "left")
+        hi = np.searchsorted(self.item_keys, item * ITEM_SHIFT + before, "left")
+        lo = np.searchsorted(self.item_keys, item * ITEM_SHIFT, "left")
         return self.item_rating_sum[hi] - self.item_rating_sum[lo]
 
     def features(self, events: np.ndarray, candidates: np.ndarray) -> dict[str, np.ndarray]:
@@ -120,8 +129,8 @@ class FeatureBuilder:
 
     def _user_first_after(self, user: np.ndarray, lo: np.ndarray, hi: np.ndarray, since: np.ndarray) -> np.ndarray:
         """Index of the user's first visible event at or after `since` (hi when none)."""
-        keys = self.log.user * (1 << 40) + self.log.ts  # sorted: the log is ordered by (user, ts)
-        return np.clip(np.searchsorted(keys, user * (1 << 40) + since, "left"), lo, hi)
+        keys = self.log.user * ITEM_SHIFT + self.log.ts  # sorted: the log is ordered by (user, ts)
+        return np.clip(np.searchsorted(keys, user * ITEM_SHIFT + since, "left"), lo, hi)
 
 
 def user_prefix_sums(item: np.ndarray, rating: np.ndarray, pop_then: np.ndarray, attrs: Attributes) -> dict:

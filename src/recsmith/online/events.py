@@ -2,8 +2,8 @@
 
 An event extends the user's record (its history and the history statistics' prefix sums, one
 row more, computed the way `user_prefix_sums` computes a logged event's: the item's
-popularity just before it, its rating, year and genres) and the item's (its time and rating),
-in one atomic update with the event id, so a repeated event id changes nothing. A user's
+popularity just before it, its rating, year and genres), the item's (its time and rating)
+and the catalogue's popularity keys, in one atomic update with the event id, so a repeated event id changes nothing. A user's
 events arrive in time order: an event older than the user's last is refused (the history
 before it would change, which is a retrain's job, not a request's).
 """
@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from recsmith.data.seq_features import ITEM_SHIFT
 from recsmith.errors import DataError
 from recsmith.online.codec import pack, unpack
+from recsmith.online.materialize import POPULARITY
 from recsmith.online.store import OnlineStore
 
 
@@ -29,10 +31,10 @@ class Event(BaseModel):
 
 def apply_event(store: OnlineStore, event: Event, item_code: int, version: int | None = None) -> bool:
     """Apply `event` (its item already looked up: `item_code`); False when its id was seen."""
-    keys = [f"event:{event.id}", f"user:{event.user}", f"item:{item_code}"]
+    keys = [f"event:{event.id}", f"user:{event.user}", f"item:{item_code}", POPULARITY]
 
     def change(values: list) -> dict[str, bytes]:
-        seen, user_value, item_value = values
+        seen, user_value, item_value, popularity_value = values
         if seen is not None:
             return {}
         if item_value is None:
@@ -56,7 +58,12 @@ def apply_event(store: OnlineStore, event: Event, item_code: int, version: int |
         at = int(np.searchsorted(item["ts"], event.ts, "right"))
         item_grown = {**item, "ts": np.insert(item["ts"], at, event.ts), "rating": np.insert(item["rating"], at,
                                                                                          event.rating)}
-        return {keys[0]: b"1", keys[1]: pack(grown, **profile), keys[2]: pack(item_grown, **item_info)}
+        written = {keys[0]: b"1", keys[1]: pack(grown, **profile), keys[2]: pack(item_grown, **item_info)}
+        if popularity_value is not None:
+            sorted_keys = unpack(popularity_value)[0]["keys"]
+            key = item_code * ITEM_SHIFT + event.ts
+            written[POPULARITY] = pack({"keys": np.insert(sorted_keys, np.searchsorted(sorted_keys, key, "right"), key)})
+        return written
 
     return bool(store.update(keys, change, version))
 

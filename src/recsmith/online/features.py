@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsmith.data.seq_features import Attributes, FeatureBuilder, prefix_sums
+from recsmith.data.seq_features import ITEM_SHIFT, Attributes, FeatureBuilder, prefix_sums
 from recsmith.data.sequences import InteractionLog
 from recsmith.errors import DataError
 from recsmith.online.codec import unpack
 from recsmith.online.store import OnlineStore
 
-ITEM_SHIFT = 1 << 40  # FeatureBuilder's (item, time) key: item * 2**40 + ts
 
 
 @dataclass

@@ -8,6 +8,8 @@ Records (recsmith.online.codec):
     item:<code>     the item's events' times and ratings in time order (popularity and mean
                     rating as of any time) and its attributes (year, genre flags, first genre)
     catalog         every item's raw id by code, and the attribute vocabulary sizes
+    popularity      every interaction's (item, time) key, sorted: any item's popularity as of
+                    any time (most-popular's scores over the whole catalogue in one read)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from recsmith.online.codec import pack
 from recsmith.online.store import OnlineStore
 
 BATCH = 2000  # records per put_many
+POPULARITY = "popularity"
 HISTORY_RULE = "strict_time"  # what a request at time t sees: the user's events before t
 
 
@@ -85,6 +88,7 @@ def materialize(dataset_dir: str | Path, store: OnlineStore, source: str = "",
             flush(records)
             records = {}
     records["catalog"] = pack({}, items=ids["item_id"], genres=int(attrs.genre_flags.shape[1]))
+    records[POPULARITY] = pack({"keys": builder.item_keys})
     flush(records)
     manifest = {"version": version, "source": source, "dataset": str(Path(dataset_dir).resolve()),
                 "dataset_name": dataset.schema.name, "users": log.num_users, "items": log.num_items,

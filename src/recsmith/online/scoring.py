@@ -1,8 +1,11 @@
 """A sequence run answering requests from the online store: top-K recommendations from a
-next-item model (SASRec, GRU4Rec, NARM, AvgPool), candidate scores from DIN, LightGBM or the
+next-item model (SASRec, GRU4Rec, NARM, AvgPool) or most-popular, candidate scores from DIN, LightGBM or the
 DIN + LightGBM hybrid. Each request is a RequestView (recsmith.online.features) and is
 scored by the classes that evaluated the run: TorchScorer on the view's one-user log, and
-LightGBM on the matrix `FeatureMatrix` assembles (explicit features, then DIN's columns)."""
+LightGBM on the matrix `FeatureMatrix` assembles (explicit features, then DIN's columns),
+most-popular by the popularity count the offline scorer uses (`seq_features.popularity`) on
+the store's popularity keys. Most-popular needs no history, so it also answers users the
+store does not know (the cold-start fallback)."""
 
 from __future__ import annotations
 
@@ -15,14 +18,17 @@ from recsmith.config.loader import load_experiment
 from recsmith.errors import ConfigError, DataError
 from recsmith.models.gbdt.features import DINFeatures, assemble
 from recsmith.online.codec import unpack
-from recsmith.online.features import OnlineFeatures, RequestView
+from recsmith.data.seq_features import popularity
+from recsmith.online.features import OnlineFeatures, RequestView, UserRecord
+from recsmith.online.materialize import POPULARITY
 from recsmith.online.store import OnlineStore
 from recsmith.run_dir import RunDir
 from recsmith.train.evaluate_sequential import TorchScorer
 from recsmith.train.fitted import BOOSTER_FILE, load_din_run, load_sequential_model
 from recsmith.train.sequential_data import EventHistories
 
-RECOMMENDERS = ("sasrec", "gru4rec", "narm", "avgpool")  # score every item: POST /recommend
+MOST_POPULAR = "most_popular"
+RECOMMENDERS = ("sasrec", "gru4rec", "narm", "avgpool", MOST_POPULAR)  # score every item: POST /recommend
 RANKERS = ("din", "lightgbm", "hybrid")  # score given candidates: POST /predict
 
 
@@ -46,7 +52,9 @@ class SequenceService:
         seq = cfg.model.sequential
         self.architecture, self.max_length, self.objective = seq.architecture, seq.max_length, seq.objective
         self.model = self.booster = self.din = None
-        if seq.architecture in RECOMMENDERS + ("din",):
+        if seq.architecture == MOST_POPULAR:
+            pass  # counts, read from the store per request
+        elif seq.architecture in RECOMMENDERS + ("din",):
             self.model = load_sequential_model(run, cfg, self.num_items)
         elif seq.architecture in ("lightgbm", "hybrid"):
             import lightgbm as lgb
@@ -74,10 +82,16 @@ class SequenceService:
         if self.mode != "recommend":
             raise ConfigError(f"a '{self.architecture}' model scores given candidates (POST /predict), "
                               "it does not rank the catalogue")
-        view = self.features.request(user, at, num_items=self.num_items)
-        scores = self._torch(view).score(np.array([view.visible]), None)[0].double()
-        if exclude_seen and view.visible:
-            scores[torch.from_numpy(view.log.item[:view.visible] - 1)] = -torch.inf
+        if self.architecture == MOST_POPULAR:
+            keys = unpack(self.store.get_many([POPULARITY])[0])[0]["keys"]
+            scores = torch.from_numpy(popularity(keys, np.arange(1, self.num_items + 1), at))
+            seen = self._seen(user, at) if exclude_seen else np.zeros(0, np.int64)
+        else:
+            view = self.features.request(user, at, num_items=self.num_items)
+            scores = self._torch(view).score(np.array([view.visible]), None)[0].double()
+            seen = view.log.item[:view.visible]
+        if exclude_seen and len(seen):
+            scores[torch.from_numpy(seen - 1)] = -torch.inf
         top = torch.topk(scores, min(k, self.num_items))
         return [self.items_raw[c] for c in (top.indices + 1).tolist()], top.values.numpy()
 
@@ -107,6 +121,14 @@ class SequenceService:
             reasons.append([{"feature": names[i], "value": float(values[i]), "contribution": float(row[i])}
                             for i in order])
         return contrib.sum(axis=1), float(contrib[0, -1]), reasons
+
+    def _seen(self, user, at: int) -> np.ndarray:
+        """The item codes `user` interacted with before `at` (none for a user the store does not know)."""
+        value = self.store.get_many([f"user:{user}"])[0]
+        if value is None:
+            return np.zeros(0, np.int64)
+        record = UserRecord(*unpack(value))
+        return record.arrays["item"][:record.visible(at)]
 
     def _view(self, user, at: int, items: list) -> tuple[np.ndarray, RequestView]:
         codes = self.item_codes(items)
