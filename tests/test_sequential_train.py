@@ -136,7 +136,8 @@ def test_served_recommendations_and_scores_equal_offline_evaluation(runs, online
                           torch.device("cpu")).score(events, None).double().numpy()
     gru = SequenceService(runs / "gru", online_store)
     for event, expected in zip(events, offline):
-        items, scores = gru.recommend(raw["user_id"][log.user[event]], int(log.ts[event]), 10)
+        answer = gru.recommend(raw["user_id"][log.user[event]], int(log.ts[event]), 10)
+        items, scores = answer.items, answer.scores
         top = np.argsort(-expected, kind="stable")[:10] + 1
         assert items == [raw["item_id"][i] for i in top]
         np.testing.assert_allclose(scores, expected[top - 1], atol=1e-5)
@@ -144,7 +145,8 @@ def test_served_recommendations_and_scores_equal_offline_evaluation(runs, online
     popular = PopularityScorer(dataset).score(events[:5], None).numpy()  # most-popular: counts before t
     pop = SequenceService(runs / "pop", online_store)
     for event, expected in zip(events[:5], popular):
-        items, scores = pop.recommend(raw["user_id"][log.user[event]], int(log.ts[event]), 10)
+        answer = pop.recommend(raw["user_id"][log.user[event]], int(log.ts[event]), 10)
+        items, scores = answer.items, answer.scores
         assert scores.tolist() == sorted(expected, reverse=True)[:10]
         assert scores.tolist() == [expected[pop.codes[str(i)] - 1] for i in items]
 
@@ -156,7 +158,7 @@ def test_served_recommendations_and_scores_equal_offline_evaluation(runs, online
         served = []
         for event in events:
             items = [raw["item_id"][i] for i in rows["item_id"][rows["event"] == event]]
-            served.append(service.predict(raw["user_id"][log.user[event]], int(log.ts[event]), items))
+            served.append(service.predict(raw["user_id"][log.user[event]], int(log.ts[event]), items).scores)
         np.testing.assert_allclose(1 / (1 + np.exp(-np.concatenate(served))), saved, atol=1e-5, err_msg=name)
 
 
@@ -173,8 +175,8 @@ def test_served_requests_name_what_is_wrong(runs, online_store):
     with pytest.raises(ConfigError, match="scores given candidates"):
         hybrid.recommend(1, 10**9, 5)
     pop = SequenceService(runs / "pop", online_store)  # needs no history: a new user gets the popular items
-    assert pop.recommend("nobody", 10**9, 5)[0] == pop.recommend(1, 10**9, 5)[0]
-    ranked = gru.recommend(1, 10**10, 1682, exclude_seen=True)[0]  # every item: the seen ones last
+    assert pop.recommend("nobody", 10**9, 5).items == pop.recommend(1, 10**9, 5).items
+    ranked = gru.recommend(1, 10**10, 1682, exclude_seen=True).items  # every item: the seen ones last
     history = set(OnlineFeatures(online_store).user(1).arrays["item"].tolist())
     assert len(ranked) == 1682 and not {gru.codes[str(i)] for i in ranked[:1682 - len(history)]} & history
 
@@ -184,7 +186,12 @@ def test_the_service_recommends_scores_and_takes_events_over_http(runs, tmp_path
     """`recsmith serve --model RUN --store URI` as a user calls it: /recommend and /predict equal
     the in-process answers (themselves equal to the offline evaluation, above), an event is
     applied once and changes the next recommendation, events need their own token."""
+    from dataclasses import replace
+
     import httpx
+    import lightgbm as lgb
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     from conftest import redis_url
     from recsmith.online.materialize import dataset_of_run, materialize
@@ -198,20 +205,21 @@ def test_the_service_recommends_scores_and_takes_events_over_http(runs, tmp_path
     materialize(dataset_of_run(runs / "gru"), store)
     settings = ServeSettings(token="score")
     gru = start_background(make_online_app(str(runs / "gru"), uri, settings, events_token="events"))
-    hybrid = start_background(make_online_app(str(runs / "hybrid"), uri, settings))
+    hybrid_app = make_online_app(str(runs / "hybrid"), uri, replace(settings, log_dir=tmp_path / "log"))
+    hybrid = start_background(hybrid_app)
     scoring, eventing = {"Authorization": "Bearer score"}, {"Authorization": "Bearer events"}
     try:
         with httpx.Client(timeout=30) as client:
             ask = {"user": 1, "k": 10, "exclude_seen": True, "at": 10**10}
             before = client.post(f"{gru.url}/recommend", json=ask, headers=scoring).json()
             expected = SequenceService(runs / "gru", store).recommend(1, 10**10, 10, exclude_seen=True)
-            assert before["items"] == expected[0]
-            np.testing.assert_allclose(before["scores"], expected[1], atol=1e-5)
+            assert before["items"] == expected.items
+            np.testing.assert_allclose(before["scores"], expected.scores, atol=1e-5)
             candidates = [50, 181, 1, 1682]
-            scored = client.post(f"{hybrid.url}/predict", json={"user": 1, "candidates": candidates, "at": 10**10},
-                                 headers=scoring).json()
+            scored = client.post(f"{hybrid.url}/predict", json={"user": 1, "candidates": candidates, "at": 10**10,
+                                                                "request_id": "r1"}, headers=scoring).json()
             np.testing.assert_allclose(scored["scores"], SequenceService(runs / "hybrid", store).predict(
-                1, 10**10, candidates), atol=1e-5)
+                1, 10**10, candidates).scores, atol=1e-5)
             why = client.post(f"{hybrid.url}/predict", json={"user": 1, "candidates": candidates, "at": 10**10,
                                                             "explain": True, "reasons": 500}, headers=scoring).json()
             np.testing.assert_allclose(why["scores"], scored["scores"], atol=1e-6)
@@ -238,6 +246,15 @@ def test_the_service_recommends_scores_and_takes_events_over_http(runs, tmp_path
             wrong = client.post(f"{hybrid.url}/recommend", json=ask, headers=scoring)
             assert wrong.status_code == 422 and "scores given candidates" in wrong.json()["detail"]
             assert client.post(f"{gru.url}/recommend", json=ask).status_code == 401
+            hybrid_app.state.request_log.flush()  # the features served, logged: they give the served scores
+            logged = pq.read_table(sorted((tmp_path / "log").glob("requests-*.parquet")))
+            mine = logged.filter(pc.equal(logged["request_id"], "r1"))
+            assert mine["item"].to_pylist() == [str(c) for c in candidates] and set(mine["at"].to_pylist()) == {10**10}
+            np.testing.assert_array_equal(mine["score"].to_numpy(), scored["scores"])
+            booster = lgb.Booster(model_file=str(runs / "hybrid" / "model.lgb.txt"))
+            matrix = np.stack([mine[name].to_numpy() for name in booster.feature_name()], axis=1)
+            np.testing.assert_allclose(booster.predict(matrix, raw_score=True), scored["scores"], rtol=0, atol=1e-9)
+            assert len(mine["history"][0]) > 0
             health = client.get(f"{gru.url}/health").json()
             assert health["events"] == 1 and health["duplicate_events"] == 1 and health["answers"] == "POST /recommend"
     finally:

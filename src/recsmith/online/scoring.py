@@ -9,6 +9,7 @@ store does not know (the cold-start fallback)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,16 @@ from recsmith.train.sequential_data import EventHistories
 MOST_POPULAR = "most_popular"
 RECOMMENDERS = ("sasrec", "gru4rec", "narm", "avgpool", MOST_POPULAR)  # score every item: POST /recommend
 RANKERS = ("din", "lightgbm", "hybrid")  # score given candidates: POST /predict
+
+
+@dataclass
+class Answer:
+    """A request's answer and what the model read to give it (the request log's features)."""
+
+    items: list  # raw ids, in answer order
+    scores: np.ndarray
+    history: np.ndarray  # the item codes of the user's history the model read (empty: none)
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # per item, by feature: LightGBM's matrix
 
 
 class SequenceService:
@@ -69,6 +80,7 @@ class SequenceService:
             raise ConfigError(f"{run_dir}: '{seq.architecture}' is not served online yet "
                               f"(served: {', '.join(RECOMMENDERS + RANKERS)})")
         self.mode = "recommend" if seq.architecture in RECOMMENDERS else "predict"
+        self.input_names = self.booster.feature_name() if self.booster is not None else []  # logged per item
 
     def item_codes(self, items: list) -> np.ndarray:
         unknown = [i for i in items if str(i) not in self.codes]
@@ -77,35 +89,40 @@ class SequenceService:
         return np.array([self.codes[str(i)] for i in items], np.int64)
 
     @torch.no_grad()
-    def recommend(self, user, at: int, k: int, exclude_seen: bool = False) -> tuple[list, np.ndarray]:
+    def recommend(self, user, at: int, k: int, exclude_seen: bool = False) -> Answer:
         """The top `k` items (raw ids) and their scores for `user` at time `at`."""
         if self.mode != "recommend":
             raise ConfigError(f"a '{self.architecture}' model scores given candidates (POST /predict), "
                               "it does not rank the catalogue")
+        history = np.zeros(0, np.int64)
         if self.architecture == MOST_POPULAR:
             keys = unpack(self.store.get_many([POPULARITY])[0])[0]["keys"]
             scores = torch.from_numpy(popularity(keys, np.arange(1, self.num_items + 1), at))
-            seen = self._seen(user, at) if exclude_seen else np.zeros(0, np.int64)
+            seen = self._seen(user, at) if exclude_seen else history
         else:
             view = self.features.request(user, at, num_items=self.num_items)
             scores = self._torch(view).score(np.array([view.visible]), None)[0].double()
             seen = view.log.item[:view.visible]
+            history = seen[-self.max_length:]
         if exclude_seen and len(seen):
             scores[torch.from_numpy(seen - 1)] = -torch.inf
         top = torch.topk(scores, min(k, self.num_items))
-        return [self.items_raw[c] for c in (top.indices + 1).tolist()], top.values.numpy()
+        return Answer([self.items_raw[c] for c in (top.indices + 1).tolist()], top.values.numpy(), history)
 
     @torch.no_grad()
-    def predict(self, user, at: int, items: list) -> np.ndarray:
+    def predict(self, user, at: int, items: list) -> Answer:
         """Scores (logits; LightGBM's raw score) of the candidate items (raw ids)."""
         codes, view = self._view(user, at, items)
         if self.booster is None:
-            return self._torch(view).score(np.array([view.visible]), codes[None, :])[0].double().numpy()
-        return self.booster.predict(self._matrix(view, codes), raw_score=True)
+            scores = self._torch(view).score(np.array([view.visible]), codes[None, :])[0].double().numpy()
+            return Answer(list(items), scores, view.log.item[:view.visible][-self.max_length:])
+        matrix = self._matrix(view, codes)
+        return Answer(list(items), self.booster.predict(matrix, raw_score=True), self._din_history(view),
+                      dict(zip(self.booster.feature_name(), matrix.T)))
 
     @torch.no_grad()
-    def explain(self, user, at: int, items: list, top: int) -> tuple[np.ndarray, float, list[list[dict]]]:
-        """LightGBM's SHAP values (pred_contrib) of each candidate: (raw scores, the bias, per
+    def explain(self, user, at: int, items: list, top: int) -> tuple[Answer, float, list[list[dict]]]:
+        """LightGBM's SHAP values (pred_contrib) of each candidate: (the answer, the bias, per
         candidate its `top` features by |contribution| with their values). The contributions
         and the bias add up to the score."""
         if self.booster is None:
@@ -120,7 +137,12 @@ class SequenceService:
             order = np.argsort(-np.abs(row[:-1]), kind="stable")[:top]
             reasons.append([{"feature": names[i], "value": float(values[i]), "contribution": float(row[i])}
                             for i in order])
-        return contrib.sum(axis=1), float(contrib[0, -1]), reasons
+        answer = Answer(list(items), contrib.sum(axis=1), self._din_history(view), dict(zip(names, matrix.T)))
+        return answer, float(contrib[0, -1]), reasons
+
+    def _din_history(self, view: RequestView) -> np.ndarray:
+        """The history a hybrid's DIN read (none for LightGBM alone: it reads the sums)."""
+        return view.log.item[:view.visible][-self.din_length:] if self.din is not None else np.zeros(0, np.int64)
 
     def _seen(self, user, at: int) -> np.ndarray:
         """The item codes `user` interacted with before `at` (none for a user the store does not know)."""

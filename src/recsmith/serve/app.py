@@ -175,7 +175,7 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
     if settings.log_dir:
         for model in (deployment.primary, deployment.canary):
             if model is not None:
-                check_loggable(model.scorer.pipeline.raw_schema)
+                check_loggable(model.scorer.pipeline.raw_schema.names)
     request_log = RequestLog(settings.log_dir, settings.log_fsync_seconds) if settings.log_dir else None
     stop_watch = threading.Event()
     counters = {"requests": 0, "rows": 0, "rejected_overload": 0, "client_errors": 0, "server_errors": 0,
@@ -304,7 +304,7 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
         try:
             loaded = source.load_resolved(label, path)
             if request_log is not None:
-                check_loggable(loaded.scorer.pipeline.raw_schema)
+                check_loggable(loaded.scorer.pipeline.raw_schema.names)
         except RecsmithError as exc:
             log.error("admin: '%s' could not be loaded: %s", ref, exc)
             raise HTTPException(500, f"model '{label}' could not be loaded (the service log says why)") from None

@@ -7,26 +7,41 @@ The ranking service's guards apply (recsmith.serve.guards: loopback Host names, 
 limit, the status count), scoring needs `--token` when one is set, and `/events` changes what
 is served, so it has its own token (`--events-token`) and is off without one. Model calls are
 serialised; at most `max_pending` requests are admitted, the next is answered 503.
+
+With `--log-dir`, every answered item is logged before the answer (recsmith.serve.request_log,
+the ranking service's log): the log's own columns (request and impression ids, time, model),
+`user`, `at` (the request time), `item`, `history` (the item codes of the history the model
+read), the model's inputs for LightGBM and the hybrid (the feature matrix's columns: what
+a retrain reads), and `score`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import uuid
 from typing import Optional
 
+import numpy as np
+import pyarrow as pa
 from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from recsmith.errors import RecsmithError
 from recsmith.online.events import Event, apply_event
-from recsmith.online.scoring import SequenceService
+from recsmith.online.scoring import Answer, SequenceService
 from recsmith.serve.app import ServeSettings, guarded_app, scoring_token
 from recsmith.serve.guards import bearer_matches
+from recsmith.serve.request_log import RequestLog, check_loggable, log_columns
+
+
+SEQUENCE_LOG_COLUMNS = ("user", "at", "item", "history", "score")
 
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    request_id: Optional[str] = Field(None, min_length=1, max_length=128)
     user: str | int
     k: int = Field(10, ge=1, le=1000)
     exclude_seen: bool = False
@@ -35,6 +50,7 @@ class RecommendRequest(BaseModel):
 
 class CandidatesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    request_id: Optional[str] = Field(None, min_length=1, max_length=128)
     user: str | int
     candidates: list[str | int] = Field(min_length=1, description="raw item ids")
     at: Optional[int] = Field(None, ge=0, description="request time, seconds (default: now)")
@@ -42,8 +58,23 @@ class CandidatesRequest(BaseModel):
     reasons: int = Field(3, ge=1, le=500, description="reasons per candidate when explain is true")
 
 
+def answer_rows(answer: Answer, user, at: int, request_id: str, model: str, served_at: float) -> pa.Table:
+    """One answer's log rows (the module docstring)."""
+    n = len(answer.items)
+    columns = log_columns(n, request_id, model, served_at)
+    columns.update({"user": pa.array([str(user)] * n, pa.string()), "at": pa.array(np.full(n, at, np.int64)),
+                    "item": pa.array([str(i) for i in answer.items], pa.string()),
+                    "history": pa.array([answer.history.tolist()] * n, pa.list_(pa.int64()))})
+    columns.update({name: pa.array(np.asarray(values, np.float64)) for name, values in answer.inputs.items()})
+    columns["score"] = pa.array(np.asarray(answer.scores, np.float64))
+    return pa.table(columns)
+
+
 def build_online_app(service: SequenceService, settings: ServeSettings, events_token: Optional[str] = None) -> FastAPI:
     inference, admission = threading.Lock(), threading.BoundedSemaphore(settings.max_pending)
+    if settings.log_dir:
+        check_loggable(service.input_names, SEQUENCE_LOG_COLUMNS)
+    request_log = RequestLog(settings.log_dir, settings.log_fsync_seconds) if settings.log_dir else None
     counters = {"requests": 0, "events": 0, "duplicate_events": 0, "rejected_overload": 0, "client_errors": 0,
                 "server_errors": 0}
     counting = threading.Lock()
@@ -58,7 +89,14 @@ def build_online_app(service: SequenceService, settings: ServeSettings, events_t
         elif status >= 500 and status != 503:
             count("server_errors")
 
-    app = guarded_app("recsmith sequence service", settings, count_status)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if request_log is not None:
+            request_log.close()
+
+    app = guarded_app("recsmith sequence service", settings, count_status, lifespan)
+    app.state.request_log = request_log
     authorised = scoring_token(settings)
 
     def events_allowed(request: Request) -> None:
@@ -81,6 +119,14 @@ def build_online_app(service: SequenceService, settings: ServeSettings, events_t
         finally:
             admission.release()
 
+    def logged(answer: Answer, body, at: int) -> str:
+        """Count the answer and log its rows (before it leaves); its request id."""
+        request_id = body.request_id or uuid.uuid4().hex
+        if request_log is not None:
+            request_log.append(answer_rows(answer, body.user, at, request_id, service.run_dir, time.time()))
+        count("requests")
+        return request_id
+
     def describe() -> dict:
         manifest = service.store.manifest() or {}
         return {"model": service.run_dir, "architecture": service.architecture, "answers": f"POST /{service.mode}",
@@ -88,7 +134,8 @@ def build_online_app(service: SequenceService, settings: ServeSettings, events_t
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", **describe(), **counters}
+        return {"status": "ok", **describe(), **counters,
+                "request_log": request_log.stats() if request_log is not None else None}
 
     @app.get("/metadata", dependencies=[Depends(authorised)])
     def metadata() -> dict:
@@ -98,23 +145,25 @@ def build_online_app(service: SequenceService, settings: ServeSettings, events_t
     @app.post("/recommend", dependencies=[Depends(authorised)])
     def recommend(body: RecommendRequest) -> dict:
         at = body.at if body.at is not None else int(time.time())
-        items, scores = scored(lambda: service.recommend(body.user, at, body.k, body.exclude_seen))
-        count("requests")
-        return {"model": service.run_dir, "user": body.user, "at": at, "items": items, "scores": scores.tolist()}
+        answer = scored(lambda: service.recommend(body.user, at, body.k, body.exclude_seen))
+        request_id = logged(answer, body, at)
+        return {"model": service.run_dir, "request_id": request_id, "user": body.user, "at": at,
+                "items": answer.items, "scores": answer.scores.tolist()}
 
     @app.post("/predict", dependencies=[Depends(authorised)])
     def predict(body: CandidatesRequest) -> dict:
         if len(body.candidates) > settings.max_batch:
             raise HTTPException(413, f"{len(body.candidates)} candidates in one request; at most {settings.max_batch}")
         at = body.at if body.at is not None else int(time.time())
-        answer = {"model": service.run_dir, "user": body.user, "at": at, "candidates": body.candidates}
+        extra = {}
         if body.explain:
-            scores, bias, reasons = scored(lambda: service.explain(body.user, at, body.candidates, body.reasons))
-            answer.update(bias=bias, reasons=reasons)
+            answer, bias, reasons = scored(lambda: service.explain(body.user, at, body.candidates, body.reasons))
+            extra = {"bias": bias, "reasons": reasons}
         else:
-            scores = scored(lambda: service.predict(body.user, at, body.candidates))
-        count("requests")
-        return {**answer, "scores": scores.tolist()}
+            answer = scored(lambda: service.predict(body.user, at, body.candidates))
+        request_id = logged(answer, body, at)
+        return {"model": service.run_dir, "request_id": request_id, "user": body.user, "at": at,
+                "candidates": body.candidates, **extra, "scores": answer.scores.tolist()}
 
     @app.post("/events", dependencies=[Depends(events_allowed)])
     def events(body: Event) -> dict:

@@ -46,29 +46,33 @@ LOG_COLUMNS = ("request_id", "impression_id", "candidate_position", "ts", "model
 TICK_SECONDS = 1.0  # how often sealing and retries are looked at when fsync is per request
 
 
-def check_loggable(raw_schema: pa.Schema) -> None:
-    """A model whose raw columns clash with the log's own columns cannot be logged."""
-    clash = [name for name in raw_schema.names if name in LOG_COLUMNS or name.startswith("prob_")]
+def check_loggable(names: list[str], service_columns: tuple[str, ...] = ()) -> None:
+    """A model whose raw columns (or inputs) clash with the log's own columns cannot be logged."""
+    own = LOG_COLUMNS + service_columns
+    clash = [name for name in names if name in own or name.startswith("prob_")]
     if clash:
-        raise ConfigError(f"the request log cannot hold the raw column(s) {', '.join(clash)}: they clash with "
-                          f"its own columns ({', '.join(LOG_COLUMNS)}, prob_*); serve without --log-dir")
+        raise ConfigError(f"the request log cannot hold the column(s) {', '.join(clash)}: they clash with "
+                          f"its own columns ({', '.join(own)}, prob_*); serve without --log-dir")
 
 
 def logged_rows(features: pa.Table, probs: dict[str, np.ndarray], request_id: str, model: str,
                 served_at: float) -> pa.Table:
     """One request's log rows: the log's columns, the typed raw features, the probabilities."""
-    n = features.num_rows
-    positions = np.arange(n, dtype=np.int32)
-    columns = {
-        "request_id": pa.array([request_id] * n, pa.string()),
-        "impression_id": pa.array([f"{request_id}:{p}" for p in range(n)], pa.string()),
-        "candidate_position": pa.array(positions),
-        "ts": pa.array(np.full(n, int(served_at * 1_000_000), np.int64), pa.timestamp("us")),
-        "model": pa.array([model] * n, pa.string()),
-    }
+    columns = log_columns(features.num_rows, request_id, model, served_at)
     columns.update(zip(features.column_names, features.columns))
     columns.update({f"prob_{name}": pa.array(values, pa.float64()) for name, values in probs.items()})
     return pa.table(columns)
+
+
+def log_columns(n: int, request_id: str, model: str, served_at: float) -> dict[str, pa.Array]:
+    """The log's own columns (LOG_COLUMNS) of a request's `n` rows."""
+    return {
+        "request_id": pa.array([request_id] * n, pa.string()),
+        "impression_id": pa.array([f"{request_id}:{p}" for p in range(n)], pa.string()),
+        "candidate_position": pa.array(np.arange(n, dtype=np.int32)),
+        "ts": pa.array(np.full(n, int(served_at * 1_000_000), np.int64), pa.timestamp("us")),
+        "model": pa.array([model] * n, pa.string()),
+    }
 
 
 @dataclass
