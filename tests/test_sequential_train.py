@@ -162,6 +162,58 @@ def test_served_recommendations_and_scores_equal_offline_evaluation(runs, online
         np.testing.assert_allclose(1 / (1 + np.exp(-np.concatenate(served))), saved, atol=1e-5, err_msg=name)
 
 
+def test_onnx_export_and_batch_predict_give_the_offline_scores(runs, online_store, tmp_path):
+    """`recsmith export --format onnx` of GRU4Rec and DIN (parity with PyTorch checked by the
+    export): ONNX Runtime on the exported inputs gives the offline evaluation's scores; and
+    `recsmith predict RUN --store` answers request rows like the service (DIN: its saved test
+    predictions, to 1e-5)."""
+    import onnxruntime
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsmith.data.sequence_dataset import SequenceDataset
+    from recsmith.families.sequential.export import SequenceExport
+    from recsmith.online.materialize import dataset_of_run
+    from recsmith.online.scoring import SequenceService
+    from recsmith.run_dir import RunDir
+    from recsmith.train.predictions import load_predictions
+
+    dataset_dir = dataset_of_run(runs / "din")
+    saved = load_predictions(runs / "din" / "predictions_test.npz").probs["like"]
+    for name in ("gru", "din"):
+        result = run_cli("export", runs / name, "--format", "onnx", "--out", tmp_path / name)
+        assert result.returncode == 0, result.stderr[-2000:]
+        report = json.loads((tmp_path / name / "export.json").read_text())
+        assert max(report["max_abs_diff"].values()) <= 1e-5
+        session = onnxruntime.InferenceSession(str(tmp_path / name / "model.onnx"))
+        inputs = SequenceExport(RunDir(runs / name), dataset_dir).export_inputs(dataset_dir, None)
+        exported = session.run(None, dict(zip(report["inputs"], inputs)))[0]
+        if name == "din":
+            np.testing.assert_allclose(1 / (1 + np.exp(-exported)), saved, atol=1e-5)
+        else:
+            top = SequenceService(runs / "gru", online_store)
+            dataset = SequenceDataset.load(dataset_dir)
+            log, raw = dataset.log, dataset.raw_ids()
+            event = log.targets("test")[0]
+            answer = top.recommend(raw["user_id"][log.user[event]], int(log.ts[event]), 5)
+            np.testing.assert_allclose(np.sort(exported[0])[::-1][:5], answer.scores, atol=1e-5)
+
+    dataset = SequenceDataset.load(dataset_dir)
+    log, raw = dataset.log, dataset.raw_ids()
+    rows = dataset.candidates("test", ["event", "item_id"])
+    first = rows["event"] < np.sort(np.unique(rows["event"]))[30]  # 30 requests' candidates
+    requests = pa.table({"user": [str(raw["user_id"][log.user[e]]) for e in rows["event"][first]],
+                         "item": [str(raw["item_id"][i]) for i in rows["item_id"][first]],
+                         "at": log.ts[rows["event"][first]].astype(np.int64)})
+    pq.write_table(requests, tmp_path / "requests.parquet")
+    result = run_cli("predict", runs / "din", "--store", online_store.uri, "--input", tmp_path / "requests.parquet",
+                     "--output", tmp_path / "scored.parquet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    scored = pq.read_table(tmp_path / "scored.parquet")
+    assert scored.column_names == ["user", "item", "at", "score"]
+    np.testing.assert_allclose(1 / (1 + np.exp(-scored["score"].to_numpy())), saved[first], atol=1e-5)
+
+
 def test_served_requests_name_what_is_wrong(runs, online_store):
     from recsmith.errors import ConfigError, DataError
     from recsmith.online.features import OnlineFeatures

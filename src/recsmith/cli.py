@@ -188,7 +188,7 @@ def explain(run_dir: Path = typer.Argument(..., help="A lightgbm or hybrid run d
 
 # --------------------------------------------------------------- export · predict · serve
 @app.command()
-def export(run_dir: Path = typer.Argument(..., help="A finished ranking run directory."),
+def export(run_dir: Path = typer.Argument(..., help="A finished ranking or sequence (neural) run directory."),
            format_: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
            out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default RUN_DIR/export-FORMAT)."),
            parity_rows: Optional[int] = typer.Option(None, "--parity-rows", min=1,
@@ -214,17 +214,32 @@ def predict(model: str = typer.Argument(..., help="A run dir, a bundle dir, or a
             input_: Path = typer.Option(..., "--input", help="Raw rows: a Parquet file, a folder of them, or a CSV."),
             output: Path = typer.Option(..., "--output", help="Parquet or CSV: the input's columns + prob_<output>."),
             chunk_rows: int = typer.Option(65_536, "--chunk-rows", min=1, help="Rows scored at a time."),
-            registry: Optional[Path] = typer.Option(None, "--registry", help="Registry root for a ref.")) -> None:
-    """Batch inference: stream a file through the model's encoders and model in chunks."""
+            registry: Optional[Path] = typer.Option(None, "--registry", help="Registry root for a ref."),
+            store: Optional[str] = typer.Option(
+                None, "--store", help="A sequence run's online store: rows of user, item[, at] (rankers) or "
+                                      "user[, at] (recommenders) answered from it."),
+            k: int = typer.Option(10, "--k", min=1, help="With --store, a recommender's items per row."),
+            exclude_seen: bool = typer.Option(False, "--exclude-seen", help="With --store: leave out seen items.")) -> None:
+    """Batch inference: stream a file through the model's encoders and model in chunks (a
+    sequence run: each row answered from its online store, as the service answers it)."""
     from recsmith.serve.batch import predict_file
-    from recsmith.serve.sources import ModelSource
 
-    loaded = ModelSource(registry).load(model)
+    if store:
+        from recsmith.online.batch import StoreScorer
+        from recsmith.online.scoring import SequenceService
+        from recsmith.online.store import open_store
+
+        scorer, label = StoreScorer(SequenceService(model, open_store(store)), k, exclude_seen), model
+    else:
+        from recsmith.serve.sources import ModelSource
+
+        loaded = ModelSource(registry).load(model)
+        scorer, label = loaded.scorer, loaded.label
     with _row_progress("scoring") as progress:
         task = progress.add_task("rows", total=None)
-        rows = predict_file(loaded.scorer, input_, output, chunk_rows,
+        rows = predict_file(scorer, input_, output, chunk_rows,
                             lambda done, total: progress.update(task, completed=done, total=total))
-    console.print(f"scored {rows:,} rows with {loaded.label} into {output}")
+    console.print(f"scored {rows:,} rows with {label} into {output}")
 
 
 @app.command()

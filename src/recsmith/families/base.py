@@ -78,6 +78,16 @@ class Family:
         `meta`, the dir holding schema.json / features.json / vocab.json, the weights file."""
         raise DataError(f"model family '{self.name}' cannot be bundled for serving")
 
+    def export_source(self, run, staging: Path) -> Any:
+        """What `recsmith export` traces (`export_graph()`, `export_inputs(dataset_dir, rows)`,
+        `predict_encoded(*inputs)`, `outputs`), once the export's other files are in `staging`:
+        by default the served bundle's scorer."""
+        from recsmith.serve.bundle import write_bundle
+        from recsmith.serve.scorer import Scorer
+
+        write_bundle(run.path, staging)
+        return Scorer.load(staging)
+
     def evaluate_checkpoint(self, cfg, state: dict, dataset_dir: Path, split: str) -> dict:
         """`recsmith evaluate`: a checkpoint's metrics on a split."""
         raise ConfigError(f"recsmith evaluate does not cover model family '{self.name}'; its valid and test "

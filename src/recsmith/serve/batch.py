@@ -1,6 +1,7 @@
 """`recsmith predict`: batch inference over a Parquet or CSV file, streamed in chunks, with
 the same encoders and model the service uses. The output holds the input's columns plus
-one `prob_<output>` column per head; it is written under a temporary name and renamed."""
+one `prob_<output>` column per head (a sequence run's: recsmith.online.batch); it is
+written under a temporary name and renamed."""
 
 from __future__ import annotations
 
@@ -34,10 +35,12 @@ def predict_file(scorer: Scorer, source: str | Path, target: str | Path, chunk_r
     if not source.exists():
         raise DataError(f"--input: {source} not found")
     dataset = ds.dataset(source, format=file_format(source, "--input"))
-    missing = [c for c in scorer.pipeline.features.columns if c not in dataset.schema.names]
+    needed = getattr(scorer, "input_columns", None) or scorer.pipeline.features.columns
+    missing = [c for c in needed if c not in dataset.schema.names]
     if missing:
         raise DataError(f"{source}: lacks the feature columns {', '.join(missing)}")
     total = dataset.count_rows()
+    prefix = getattr(scorer, "output_prefix", "prob_")  # the ranking family's outputs are probabilities
     out_format = file_format(target, "--output")
     done = 0
 
@@ -52,7 +55,7 @@ def predict_file(scorer: Scorer, source: str | Path, target: str | Path, chunk_r
                 except RecsmithError as exc:
                     raise DataError(f"{source}, rows {done}..{done + table.num_rows - 1}: {exc}") from None
                 for name, values in probs.items():
-                    table = table.append_column(f"prob_{name}", pa.array(values))
+                    table = table.append_column(f"{prefix}{name}", pa.array(values))
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema) if out_format == "parquet" \
                         else pacsv.CSVWriter(tmp, table.schema)

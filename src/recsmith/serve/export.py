@@ -31,7 +31,9 @@ from torch import nn
 from recsmith.atomic import fsync_dir, fsync_tree, remove_stale, temp_prefix, write_error, write_json_atomic
 from recsmith.errors import ConfigError, DataError
 from recsmith.registry import Registry
-from recsmith.serve.bundle import run_dataset_dir, write_bundle
+from recsmith.config.loader import load_experiment
+from recsmith.plugins import family_of
+from recsmith.serve.bundle import run_dataset_dir
 from recsmith.serve.scorer import Scorer
 from recsmith.run_dir import RunDir
 
@@ -84,6 +86,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, par
     if missing:
         raise ConfigError(f"--format {fmt} needs {', '.join(missing)}: pip install 'recsmith[export]'")
     run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise DataError(f"not a run directory (no config.yaml): {run.path}")
     out = Path(out) if out else run.path / f"export-{fmt}"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file, not a directory")
@@ -98,10 +102,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, par
     except OSError as exc:
         raise write_error(out, exc) from None
     try:
-        write_bundle(run.path, staging)
-        scorer = Scorer.load(staging)
+        cfg = load_experiment(run.config)
+        scorer = family_of(cfg).export_source(run, staging)
         if not hasattr(scorer, "export_graph"):
-            raise ConfigError(f"{run.path}: model family '{scorer.meta.get('family')}' has no exportable graph")
+            raise ConfigError(f"{run.path}: model family '{cfg.model.family}' has no exportable graph")
         graph = scorer.export_graph()
         inputs = scorer.export_inputs(run_dataset_dir(run), parity_rows)
         example = tuple(torch.from_numpy(a[:2].copy()) for a in inputs)

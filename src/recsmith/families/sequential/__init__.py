@@ -56,6 +56,19 @@ class SequentialFamily(Family):
 
         return SequentialSetup(cfg, dataset_dir, device)
 
+    def export_source(self, run, staging: Path):
+        """The network and the test split's histories (families/sequential/export.py); the
+        export dir holds the graph, the run's config and eval.json."""
+        import shutil
+
+        from recsmith.families.sequential.export import SequenceExport
+        from recsmith.serve.bundle import run_dataset_dir
+
+        source = SequenceExport(run, run_dataset_dir(run))
+        shutil.copyfile(run.config, staging / "config.yaml")
+        shutil.copyfile(run.eval, staging / "eval.json")
+        return source
+
     def key_hyperparameters(self, cfg) -> dict:
         seq = cfg.model.sequential
         return {"model.sequential.architecture": seq.architecture, "model.sequential.max_length": seq.max_length}
