@@ -30,6 +30,7 @@ import pyarrow as pa
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recsmith.errors import RecsmithError
@@ -260,8 +261,8 @@ def build_app(deployment: Deployment, source: ModelSource, settings: ServeSettin
         finally:
             admission.release()
         request_id = body.request_id or uuid.uuid4().hex
-        if request_log is not None:  # written before the answer: an answered request is logged
-            request_log.append(logged_rows(table, probs, request_id, chosen.label, time.time()))
+        if request_log is not None:  # written before the answer (off the event loop: it may fsync)
+            await run_in_threadpool(request_log.append, logged_rows(table, probs, request_id, chosen.label, time.time()))
         count("requests")
         count("rows", table.num_rows)
         return JSONResponse({"model": chosen.label, "request_id": request_id,
