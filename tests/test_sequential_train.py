@@ -241,6 +241,7 @@ def test_the_service_recommends_scores_and_takes_events_over_http(runs, tmp_path
     """`recsmith serve --model RUN --store URI` as a user calls it: /recommend and /predict equal
     the in-process answers (themselves equal to the offline evaluation, above), an event is
     applied once and changes the next recommendation, events need their own token."""
+    import time
     from dataclasses import replace
 
     import httpx
@@ -295,6 +296,11 @@ def test_the_service_recommends_scores_and_takes_events_over_http(runs, tmp_path
             assert client.post(f"{gru.url}/events", json=event, headers=eventing).json()["applied"] is False
             after = client.post(f"{gru.url}/recommend", json=ask, headers=scoring).json()
             assert before["items"][0] not in after["items"] and after["scores"] != before["scores"]
+            now = {"user": 2, "k": 3, "exclude_seen": True}  # no `at`: now, with this second's events
+            top = client.post(f"{gru.url}/recommend", json=now, headers=scoring).json()["items"][0]
+            posted = {"id": "ev-now", "user": 2, "item": top, "ts": int(time.time()), "rating": 4}
+            assert client.post(f"{gru.url}/events", json=posted, headers=eventing).json()["applied"] is True
+            assert top not in client.post(f"{gru.url}/recommend", json=now, headers=scoring).json()["items"]
             assert client.post(f"{hybrid.url}/events", json=event, headers=eventing).status_code == 403
             unknown = client.post(f"{gru.url}/recommend", json={**ask, "user": "nobody"}, headers=scoring)
             assert unknown.status_code == 422 and "user 'nobody' is not in the online store" in unknown.json()["detail"]
@@ -311,7 +317,7 @@ def test_the_service_recommends_scores_and_takes_events_over_http(runs, tmp_path
             np.testing.assert_allclose(booster.predict(matrix, raw_score=True), scored["scores"], rtol=0, atol=1e-9)
             assert len(mine["history"][0]) > 0
             health = client.get(f"{gru.url}/health").json()
-            assert health["events"] == 1 and health["duplicate_events"] == 1 and health["answers"] == "POST /recommend"
+            assert health["events"] == 2 and health["duplicate_events"] == 1 and health["answers"] == "POST /recommend"
     finally:
         gru.stop()
         hybrid.stop()

@@ -10,12 +10,11 @@ optionally `at`, and write the top `k` `items` and their `scores`.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pyarrow as pa
 
 from recsmith.errors import DataError
+from recsmith.online.features import request_time_now
 from recsmith.online.scoring import SequenceService
 
 
@@ -27,7 +26,7 @@ class StoreScorer:
     def __init__(self, service: SequenceService, k: int = 10, exclude_seen: bool = False):
         self.service, self.k, self.exclude_seen = service, k, exclude_seen
         self.input_columns = ["user", "item"] if service.mode == "predict" else ["user"]
-        self.now = int(time.time())
+        self.now = request_time_now()
 
     def predict_table(self, table: pa.Table) -> dict:
         users = [str(u) for u in table["user"].to_pylist()]

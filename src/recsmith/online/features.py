@@ -12,6 +12,7 @@ columns are given back in the dataset's codes.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,13 @@ class UserRecord:
     def visible(self, at: int) -> int:
         """How many of the user's events a request at `at` sees (those strictly before it)."""
         return int(np.searchsorted(self.arrays["ts"], at, "left"))
+
+
+def request_time_now() -> int:
+    """A request's time when it gives none: the next second. A request at t sees the events
+    strictly before t (the history rule the features were trained with), so "now" must
+    include an event posted earlier in the current second (timestamps are whole seconds)."""
+    return int(time.time()) + 1
 
 
 class OnlineFeatures:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recsmith.errors import RecsmithError
 from recsmith.online.events import Event, apply_event
+from recsmith.online.features import request_time_now
 from recsmith.online.scoring import Answer, SequenceService
 from recsmith.serve.app import ServeSettings, guarded_app, scoring_token
 from recsmith.serve.guards import bearer_matches
@@ -45,7 +46,7 @@ class RecommendRequest(BaseModel):
     user: str | int
     k: int = Field(10, ge=1, le=1000)
     exclude_seen: bool = False
-    at: Optional[int] = Field(None, ge=0, description="request time, seconds (default: now)")
+    at: Optional[int] = Field(None, ge=0, description="request time, seconds (default: now, this second's events included)")
 
 
 class CandidatesRequest(BaseModel):
@@ -53,7 +54,7 @@ class CandidatesRequest(BaseModel):
     request_id: Optional[str] = Field(None, min_length=1, max_length=128)
     user: str | int
     candidates: list[str | int] = Field(min_length=1, description="raw item ids")
-    at: Optional[int] = Field(None, ge=0, description="request time, seconds (default: now)")
+    at: Optional[int] = Field(None, ge=0, description="request time, seconds (default: now, this second's events included)")
     explain: bool = Field(False, description="each candidate's top SHAP reasons (lightgbm and hybrid runs)")
     reasons: int = Field(3, ge=1, le=500, description="reasons per candidate when explain is true")
 
@@ -144,7 +145,7 @@ def build_online_app(service: SequenceService, settings: ServeSettings, events_t
 
     @app.post("/recommend", dependencies=[Depends(authorised)])
     def recommend(body: RecommendRequest) -> dict:
-        at = body.at if body.at is not None else int(time.time())
+        at = body.at if body.at is not None else request_time_now()
         answer = scored(lambda: service.recommend(body.user, at, body.k, body.exclude_seen))
         request_id = logged(answer, body, at)
         return {"model": service.run_dir, "request_id": request_id, "user": body.user, "at": at,
@@ -154,7 +155,7 @@ def build_online_app(service: SequenceService, settings: ServeSettings, events_t
     def predict(body: CandidatesRequest) -> dict:
         if len(body.candidates) > settings.max_batch:
             raise HTTPException(413, f"{len(body.candidates)} candidates in one request; at most {settings.max_batch}")
-        at = body.at if body.at is not None else int(time.time())
+        at = body.at if body.at is not None else request_time_now()
         extra = {}
         if body.explain:
             answer, bias, reasons = scored(lambda: service.explain(body.user, at, body.candidates, body.reasons))
