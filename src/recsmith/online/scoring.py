@@ -1,6 +1,6 @@
 """A sequence run answering requests from the online store: top-K recommendations from a
-next-item model (SASRec, GRU4Rec, NARM, AvgPool) or most-popular, candidate scores from DIN, LightGBM or the
-DIN + LightGBM hybrid. Each request is a RequestView (recsmith.online.features) and is
+next-item model (SASRec, GRU4Rec, NARM, AvgPool) or most-popular, candidate scores from DIN,
+LightGBM or the DIN + LightGBM hybrid. Each request is a RequestView (recsmith.online.features) and is
 scored by the classes that evaluated the run: TorchScorer on the view's one-user log, and
 LightGBM on the matrix `FeatureMatrix` assembles (explicit features, then DIN's columns),
 most-popular by the popularity count the offline scorer uses (`seq_features.popularity`) on
@@ -18,8 +18,8 @@ import torch
 from recsmith.config.loader import load_experiment
 from recsmith.errors import ConfigError, DataError
 from recsmith.models.gbdt.features import DINFeatures, assemble
-from recsmith.online.codec import unpack
 from recsmith.data.seq_features import popularity
+from recsmith.online.codec import unpack
 from recsmith.online.features import OnlineFeatures, RequestView, UserRecord
 from recsmith.online.materialize import POPULARITY
 from recsmith.online.store import OnlineStore
@@ -117,8 +117,7 @@ class SequenceService:
             scores = self._torch(view).score(np.array([view.visible]), codes[None, :])[0].double().numpy()
             return Answer(list(items), scores, view.log.item[:view.visible][-self.max_length:])
         matrix = self._matrix(view, codes)
-        return Answer(list(items), self.booster.predict(matrix, raw_score=True), self._din_history(view),
-                      dict(zip(self.booster.feature_name(), matrix.T)))
+        return self._booster_answer(items, self.booster.predict(matrix, raw_score=True), view, matrix)
 
     @torch.no_grad()
     def explain(self, user, at: int, items: list, top: int) -> tuple[Answer, float, list[list[dict]]]:
@@ -131,25 +130,26 @@ class SequenceService:
         codes, view = self._view(user, at, items)
         matrix = self._matrix(view, codes)
         contrib = self.booster.predict(matrix, pred_contrib=True)  # [N, F + 1], the last column is the bias
-        names = self.booster.feature_name()
+        names = self.input_names
         reasons = []
         for row, values in zip(contrib, matrix):
             order = np.argsort(-np.abs(row[:-1]), kind="stable")[:top]
             reasons.append([{"feature": names[i], "value": float(values[i]), "contribution": float(row[i])}
                             for i in order])
-        answer = Answer(list(items), contrib.sum(axis=1), self._din_history(view), dict(zip(names, matrix.T)))
-        return answer, float(contrib[0, -1]), reasons
+        return self._booster_answer(items, contrib.sum(axis=1), view, matrix), float(contrib[0, -1]), reasons
 
-    def _din_history(self, view: RequestView) -> np.ndarray:
-        """The history a hybrid's DIN read (none for LightGBM alone: it reads the sums)."""
-        return view.log.item[:view.visible][-self.din_length:] if self.din is not None else np.zeros(0, np.int64)
+    def _booster_answer(self, items: list, scores: np.ndarray, view: RequestView, matrix: np.ndarray) -> Answer:
+        """A LightGBM or hybrid answer with what it read: the matrix's columns, and the history
+        a hybrid's DIN read (none for LightGBM alone: it reads the sums)."""
+        history = view.log.item[:view.visible][-self.din_length:] if self.din is not None else np.zeros(0, np.int64)
+        return Answer(list(items), scores, history, dict(zip(self.input_names, matrix.T)))
 
     def _seen(self, user, at: int) -> np.ndarray:
         """The item codes `user` interacted with before `at` (none for a user the store does not know)."""
         value = self.store.get_many([f"user:{user}"])[0]
         if value is None:
             return np.zeros(0, np.int64)
-        record = UserRecord(*unpack(value))
+        record = UserRecord(*unpack(value))  # a corrupt record still fails loudly
         return record.arrays["item"][:record.visible(at)]
 
     def _view(self, user, at: int, items: list) -> tuple[np.ndarray, RequestView]:
