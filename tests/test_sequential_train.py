@@ -17,6 +17,7 @@ pytestmark = [needs_ml100k, pytest.mark.slow]
 BASE = "configs/base/ml100k_sequential.yaml"
 QUICK = ["--set", f"data.path={ML100K}", "--set", "runtime.max_train_steps=20", "--set", "runtime.eval_every_steps=10",
          "--set", "runtime.log_every_steps=10"]
+ONE_NEGATIVE = ("data.options.negatives_per_positive=1",)  # the DIN and hybrid runs' dataset
 
 
 def train(run_dir, *settings):
@@ -54,14 +55,15 @@ def test_sampled_protocol_and_history_exclusion_are_stated_and_change_the_number
 def test_most_popular_lightgbm_hybrid_and_explain(runs):
     pop = train(runs / "pop", "model.sequential.architecture=most_popular")
     assert pop["parameters"] == 0 and pop["test"]["ndcg_10"] > 0.005
-    # DIN scores every (user, item) pair one by one: the sampled protocol keeps the test quick
+    # DIN scores every (user, item) pair one by one: the sampled protocol keeps the test quick, and
+    # the hybrid scores every train candidate row with it: a short history and one negative per
+    # positive (a dataset of its own) halve that
     din = train(runs / "din", "model.sequential.architecture=din", "runtime.best_selection.primary_key=auc_like",
-                "model.sequential.max_length=20",  # the hybrid scores every train row with it: short keeps it quick
-                "topk.protocol=sampled")
+                "model.sequential.max_length=20", *ONE_NEGATIVE, "topk.protocol=sampled")
     assert 0.5 < din["test"]["auc_like"] <= 1.0 and np.isfinite(din["test"]["logloss_like"])
     hybrid = train(runs / "hybrid", "model.sequential.architecture=hybrid", f"model.sequential.hybrid_din_run={runs / 'din'}",
                    "runtime.best_selection.primary_key=auc_like", "model.sequential.lightgbm.num_boost_round=40",
-                   "topk.protocol=sampled")
+                   *ONE_NEGATIVE, "topk.protocol=sampled")
     gains = hybrid["feature_importance_gain"]
     assert "din_score" in gains and "din_interest_63" in gains and len(gains) == 22 + 65
     out = run_cli("explain", runs / "hybrid", "--user", "1", "--item", "50", "--top", "5")
@@ -150,7 +152,7 @@ def test_served_recommendations_and_scores_equal_offline_evaluation(runs, online
         assert scores.tolist() == sorted(expected, reverse=True)[:10]
         assert scores.tolist() == [expected[pop.codes[str(i)] - 1] for i in items]
 
-    rows = dataset.candidates("test", ["event", "item_id"])
+    rows = SequenceDataset.load(dataset_of_run(runs / "din")).candidates("test", ["event", "item_id"])  # same log
     chosen = np.isin(rows["event"], events)
     for name in ("din", "hybrid"):
         service = SequenceService(runs / name, online_store)

@@ -21,7 +21,7 @@ class DINFeatures:
 
     @torch.no_grad()
     def __call__(self, events: np.ndarray, items: np.ndarray) -> np.ndarray:
-        rows, cand = self.history.rows(events), torch.from_numpy(np.asarray(items, np.int64))
+        rows, cand = self.history.rows(events), torch.from_numpy(np.array(items, np.int64))  # a copy: writable
         parts = []
         for s in range(0, len(rows), self.batch_rows):
             r, c = rows[s:s + self.batch_rows], cand[s:s + self.batch_rows]
