@@ -509,10 +509,24 @@ def _metric_text(version) -> str:
             f"test {'n/a' if test is None else f'{test:.6f}'}")
 
 
+MinimumOption = typer.Option(None, "--min", help="An absolute bar on the test metrics, KEY=VALUE (repeat): a floor, "
+                                                  "or a ceiling for lower-is-better metrics (logloss).")
+
+
+def _minimums(items: Optional[List[str]]) -> dict[str, float]:
+    bars = _overrides(items)
+    bad = [f"{key}={value!r}" for key, value in bars.items() if isinstance(value, bool) or
+           not isinstance(value, (int, float))]
+    if bad:
+        raise ConfigError(f"--min expects KEY=NUMBER, got {', '.join(bad)}")
+    return {key: float(value) for key, value in bars.items()}
+
+
 @registry_app.command("add")
 def registry_add(name: str = typer.Argument(..., help="Model name."),
                  run_dir: Path = typer.Argument(..., help="A finished ranking run directory."),
                  stage: str = typer.Option("staging", "--stage", help="staging, or production when there is none."),
+                 minimum: Optional[List[str]] = MinimumOption,
                  reason: str = ReasonOption, user: Optional[str] = UserOption,
                  registry: Optional[Path] = RegistryOption, mlflow: Optional[bool] = MlflowOption) -> None:
     """Bundle a finished run as the next version of NAME."""
@@ -520,7 +534,7 @@ def registry_add(name: str = typer.Argument(..., help="Model name."),
 
     reg = ModelRegistry(registry)
     mirror = _mirror(reg, mlflow)  # MLflow missing fails before anything is written
-    version = reg.add(name, run_dir, stage=stage, reason=reason, user=user)
+    version = reg.add(name, run_dir, stage=stage, reason=reason, user=user, minimums=_minimums(minimum))
     console.print(f"{name} v{version.version} ({version.stage}) · {_metric_text(version)} · {version.path}",
                   highlight=False)
     if mirror:
@@ -560,6 +574,7 @@ def registry_promote(name: str = typer.Argument(..., help="Model name."),
                      tolerance: Optional[float] = typer.Option(
                          None, "--tolerance", help="How much worse than production the test primary metric may be "
                                                    "(default $RECSMITH_PROMOTE_TOLERANCE, else 0.001)."),
+                     minimum: Optional[List[str]] = MinimumOption,
                      reason: str = ReasonOption, user: Optional[str] = UserOption,
                      registry: Optional[Path] = RegistryOption, mlflow: Optional[bool] = MlflowOption) -> None:
     """Move a version to production (gated on its test primary metric; the old one is archived) or staging."""
@@ -567,7 +582,8 @@ def registry_promote(name: str = typer.Argument(..., help="Model name."),
 
     reg = ModelRegistry(registry)
     mirror = _mirror(reg, mlflow)
-    promoted = reg.promote(name, version, to=to, force=force, reason=reason, user=user, tolerance=tolerance)
+    promoted = reg.promote(name, version, to=to, force=force, reason=reason, user=user, tolerance=tolerance,
+                           minimums=_minimums(minimum))
     event = reg.history(name)[-1] if to != "production" else \
         next(e for e in reversed(reg.history(name)) if e["action"] == "promote")
     console.print(f"{name} v{promoted.version} → {promoted.stage} · {_metric_text(promoted)}", highlight=False)
@@ -657,6 +673,32 @@ def monitor_command(
         console.print(f"wrote {path}")
     if report.level == "P1":
         raise typer.Exit(MONITOR_P1_EXIT)
+
+
+# ------------------------------------------------------------------------- loop
+loop_app = typer.Typer(no_args_is_help=True, help="The closed loop: retrain, gate, release in stages, monitor, roll back.")
+app.add_typer(loop_app, name="loop")
+
+
+@loop_app.command("simulate")
+def loop_simulate(config: Path = typer.Argument(..., help="Loop config (YAML), e.g. configs/loop/simulate_7d.yaml."),
+                  out: Path = typer.Option(Path("runs/loop"), "--out", help="The loop directory (state, logs, runs, "
+                                                                            "registry, timeline)."),
+                  overrides: Optional[List[str]] = SetOption) -> None:
+    """Run the loop unattended on the synthetic funnel, day after day; rerun to resume after a crash.
+    Writes timeline.html and summary.json in OUT."""
+    from recsmith.loop.config import load_loop_config
+    from recsmith.loop.simulate import Loop
+
+    setup_logging()
+    cfg, base = load_loop_config(config, _overrides(overrides))
+    summary = Loop(cfg, base, out, progress=lambda text: console.print(text, highlight=False)).simulate()
+    for release in summary["releases"]:
+        console.print(f"v{release['version']}: {release['status']}, true uplift {release['true_uplift']:+.2%} "
+                      f"({'good' if release['truly_good'] else 'bad'} by the oracle)", highlight=False)
+    console.print(f"{summary['decisions_agreeing_with_oracle']} of {summary['decisions']} release decisions agree "
+                  f"with the oracle; {summary['alerts']} alerts; {summary['seconds']} s", highlight=False)
+    console.print(f"wrote {out / 'timeline.html'}")
 
 
 def main() -> None:

@@ -169,8 +169,9 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ changing
     def add(self, name: str, run_dir: str | Path, stage: str = "staging", reason: str = "",
-            user: str | None = None) -> ModelVersion:
-        """Bundle a finished run as the next version of `name` (created when new)."""
+            user: str | None = None, minimums: dict[str, float] | None = None) -> ModelVersion:
+        """Bundle a finished run as the next version of `name` (created when new). Straight to
+        production (only while there is none) it must clear `minimums`, as a promotion does."""
         _check_name(name)
         if stage not in ("staging", "production"):
             raise ConfigError(f"--stage: a new version goes to staging or production, not '{stage}'"
@@ -186,6 +187,9 @@ class ModelRegistry:
         incoming = model_dir / f"{temp_prefix(model_dir / INCOMING)}{uuid.uuid4().hex[:12]}"
         try:
             bundle = self._bundler(run_dir, incoming)
+            problem = _below_minimums(bundle, minimums or {}) if stage == "production" else None
+            if problem is not None:
+                raise PromotionRefused(f"{name}: {run_dir} is not added to production: {problem}")
             with self._locked(model_dir):
                 state = self._read(model_dir) if (model_dir / REGISTRY_FILE).is_file() else \
                     {"name": name, "versions": [], "history": []}
@@ -209,9 +213,14 @@ class ModelRegistry:
         return self._version(name, entry)
 
     def promote(self, name: str, version: int | str, to: str = "production", force: bool = False,
-                reason: str = "", user: str | None = None, tolerance: float | None = None) -> ModelVersion:
+                reason: str = "", user: str | None = None, tolerance: float | None = None,
+                minimums: dict[str, float] | None = None, evidence: dict | None = None) -> ModelVersion:
         """Move a version to `to`. To production only through the metric gate (or `force`);
-        the version it replaces is archived."""
+        the version it replaces is archived. `minimums`: absolute floors (ceilings for
+        lower-is-better metrics) on the candidate's test metrics, checked whether or not a
+        production version exists. `evidence`: a decision taken elsewhere on better grounds
+        than two runs' own test sets (the release loop's paired offline gate and online A/B),
+        recorded as the gate instead of the test-metric comparison (the minimums still apply)."""
         if to not in STAGES:
             raise ConfigError(f"--to: unknown stage '{to}' (choose from {', '.join(STAGES)})"
                               f"{did_you_mean(to, STAGES)}")
@@ -230,7 +239,7 @@ class ModelRegistry:
             history = []
             if to == "production":
                 current = next((e for e in state["versions"] if e["stage"] == "production"), None)
-                gate = self._gate(name, entry, current, tolerance, force)
+                gate = self._gate(name, entry, current, tolerance, force, minimums or {}, evidence)
                 event = self._event("promote", number, entry["stage"], to, user, reason, force)
                 event.update(gate)
                 history.append(event)
@@ -268,7 +277,8 @@ class ModelRegistry:
             write_json_atomic(model_dir / REGISTRY_FILE, state)
 
     # ------------------------------------------------------------------ internals
-    def _gate(self, name: str, entry: dict, current: dict | None, tolerance: float, force: bool) -> dict:
+    def _gate(self, name: str, entry: dict, current: dict | None, tolerance: float, force: bool,
+              minimums: dict[str, float], evidence: dict | None) -> dict:
         """The promotion decision recorded in the history; raises PromotionRefused when it is no
         and `force` is off."""
         key = entry.get("primary_key") or ""
@@ -276,21 +286,15 @@ class ModelRegistry:
         record = {"primary_key": key, "candidate_metric": candidate, "tolerance": tolerance,
                   "production_version": current["version"] if current else None,
                   "production_metric": _metric(current, "test", key) if current else None}
-        if current is None:
+        if minimums:
+            record["minimums"] = minimums
+        problem = _below_minimums(entry, minimums)
+        if problem is None and evidence is not None:
+            return {**record, "gate": "evidence", "evidence": evidence}
+        if problem is None and current is None:
             return {**record, "gate": "no production version"}
-        production = record["production_metric"]
-        problem = None
-        if current.get("primary_key") != key:
-            problem = (f"its primary metric {key or '(none)'} differs from production v{current['version']}'s "
-                       f"{current.get('primary_key')}, so the two cannot be compared")
-        elif candidate is None or production is None:
-            which = f"v{entry['version']}" if candidate is None else f"production v{current['version']}"
-            problem = f"{which} has no finite test {key}"
-        else:
-            worse_by = candidate - production if lower_is_better(key) else production - candidate
-            if worse_by > tolerance:
-                problem = (f"test {key} {candidate:.6f} is worse than production v{current['version']}'s "
-                           f"{production:.6f} by {worse_by:.6f} (tolerance {tolerance:g})")
+        if problem is None:
+            problem = _worse_than_production(entry, current, record, tolerance)
         if problem is None:
             return {**record, "gate": "passed"}
         if not force:
@@ -391,6 +395,35 @@ def _check_name(name: str, what: str = "") -> None:
     if not NAME_PATTERN.fullmatch(name):
         raise BadModelName(f"{what or f'model name {name!r}'}: a model name uses letters, digits, '.', '_' and "
                            "'-', starting with a letter or digit (references: NAME, NAME@STAGE or NAME@vN)")
+
+
+def _worse_than_production(entry: dict, current: dict, record: dict, tolerance: float) -> str | None:
+    """Why the candidate's test primary metric does not stand comparison with production's."""
+    key, candidate, production = record["primary_key"], record["candidate_metric"], record["production_metric"]
+    if current.get("primary_key") != key:
+        return (f"its primary metric {key or '(none)'} differs from production v{current['version']}'s "
+                f"{current.get('primary_key')}, so the two cannot be compared")
+    if candidate is None or production is None:
+        which = f"v{entry['version']}" if candidate is None else f"production v{current['version']}"
+        return f"{which} has no finite test {key}"
+    worse_by = candidate - production if lower_is_better(key) else production - candidate
+    if worse_by > tolerance:
+        return (f"test {key} {candidate:.6f} is worse than production v{current['version']}'s "
+                f"{production:.6f} by {worse_by:.6f} (tolerance {tolerance:g})")
+    return None
+
+
+def _below_minimums(entry: dict, minimums: dict[str, float]) -> str | None:
+    """What fails the absolute bars: a missing or non-finite metric, or one past its bar."""
+    problems = []
+    for key, bar in minimums.items():
+        value = _metric(entry, "test", key)
+        if value is None:
+            problems.append(f"it has no finite test {key}")
+        elif (value > bar) if lower_is_better(key) else (value < bar):
+            side = "above the ceiling" if lower_is_better(key) else "below the floor"
+            problems.append(f"test {key} {value:.6f} is {side} {bar:g}")
+    return "; ".join(problems) or None
 
 
 def _metric(entry: dict, split: str, key: str) -> float | None:

@@ -1,0 +1,2 @@
+def monitor_day(loop, day):
+    return {"alerts": []}
