@@ -1,6 +1,7 @@
 """`recsmith monitor`: drift measures against scipy and hand-computed values, a quiet
 same-distribution check, a popularity shift flagged as P1, raw-row logs encoded with the
-reference's encoders, model scoring with AUC-drop levels, and clear errors."""
+reference's encoders, calibration compared with 1.0 behind its noise guard, model scoring
+with AUC-drop levels, and clear errors."""
 
 import json
 import math
@@ -14,6 +15,7 @@ import pytest
 from conftest import TINY, run_cli
 
 from recsmith.config.schema import DataConfig, SyntheticFunnelConfig
+from recsmith.metrics.ab import calibration_test
 from recsmith.data.sources import resolve_dataset
 from recsmith.data.synthetic import DENSE, FIELDS, FunnelWorld, SyntheticFunnel
 from recsmith.errors import DataError
@@ -195,6 +197,66 @@ def test_a_raw_row_log_is_encoded_like_the_dataset(base, shifted, tmp_path):
     assert any("missing rate" in r for r in report.reasons)
 
 
+def test_calibration_is_compared_with_one_behind_a_noise_guard(base, tmp_path, monkeypatch):
+    from scipy.stats import norm
+
+    # the guard, exactly: the same ratio 1.3 is noise on 40 rows and a P1 on 40,000
+    for rows, off in ((40, False), (40_000, True)):
+        labels = np.zeros(rows)
+        labels[: rows // 10] = 1
+        test = calibration_test(np.full(rows, 0.13), labels)
+        z = (abs(rows / 10 - 0.13 * rows) - 0.5) / math.sqrt(rows * 0.13 * 0.87)  # continuity-corrected
+        assert test.ratio == pytest.approx(1.3) and test.expected == pytest.approx(0.13 * rows)
+        assert test.z == pytest.approx(z) and test.p_value == pytest.approx(2 * norm.sf(abs(z)))
+        assert check.calibration_off(test) is off
+    assert not check.calibration_off(calibration_test(np.full(40_000, 0.1), labels))  # calibrated
+    assert not check.calibration_off(calibration_test(np.full(40_000, 0.108), labels))  # significant, within 10%
+    none_observed = calibration_test(np.full(1000, 0.1), np.zeros(1000))
+    assert check.calibration_ratio(none_observed) == math.inf and check.calibration_off(none_observed)
+
+    log = raw_rows(base)
+
+    def ctr_health(table: pa.Table, name: str):
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+        report = monitor(base, tmp_path / f"{name}.parquet")
+        return report, {t.task: t for t in report.tasks}["ctr"]
+
+    report, ctr = ctr_health(log, "calibrated")
+    assert ctr.status == "OK" and abs(ctr.calibration_error) < 0.1 and ctr.calibration_reference is None
+    assert not any("calibration" in r for r in report.reasons)
+
+    raised = np.minimum(1.3 * log["prob_ctr"].to_numpy().astype(np.float64), 1.0)  # still probabilities
+    high = log.set_column(log.schema.get_field_index("prob_ctr"), "prob_ctr", pa.array(raised))
+    report, ctr = ctr_health(high, "high")
+    assert ctr.status == "P1" and report.level == "P1"
+    assert ctr.calibration_current == pytest.approx(raised.sum() / float(pc.sum(log["click"]).as_py()), rel=1e-6)
+    assert ctr.calibration_current > 1.25
+    assert ctr.calibration_pvalue < 1e-6 and {t.task: t.status for t in report.tasks}["cvr"] == "OK"
+    [reason] = [r for r in report.reasons if "calibration" in r]
+    assert reason.startswith(f"P1 ctr: calibration (predicted / observed) {ctr.calibration_current:.3f}, off 1.0 by +")
+    assert "z-test p = " in reason
+
+    broken = log.set_column(log.schema.get_field_index("prob_ctr"), "prob_ctr", pc.multiply(log["prob_ctr"], 1.3))
+    with pytest.raises(DataError, match=r"column prob_ctr holds \d+ value\(s\) that are no probability"):
+        ctr_health(broken, "broken")
+
+    # 25 rows of the same 1.3× predictions, as far off by chance, are not enough to tell
+    report, ctr = ctr_health(high.slice(25, 25), "handful")
+    assert ctr.calibration_current > 1.3 and ctr.calibration_pvalue > 0.01
+    assert ctr.status == "OK" and not any("calibration" in r for r in report.reasons)
+
+    # predictions 1.3× too high on both sides: no shift between them, still a P1 (the yardstick is 1.0)
+    class HighScorer(FixedScorer):
+        def predict_encoded(self, sparse, dense):
+            return {"ctr": 1.3 * super().predict_encoded(sparse, dense)["ctr"]}
+
+    monkeypatch.setattr(check, "load_scorer", lambda run_dir: HighScorer())
+    report = monitor(base, base, run_dir=tmp_path)  # no eval.json: no AUC baseline
+    [ctr] = report.tasks
+    assert abs(ctr.calibration_shift) < 0.05 and ctr.calibration_reference > 1.25
+    assert ctr.status == "P1" and report.level == "P1"
+
+
 class FixedScorer:
     """A stand-in model: p_ctr from the user's click history (a real signal, deterministic)."""
 
@@ -224,7 +286,8 @@ def test_auc_drop_levels_against_the_runs_test_metrics(base, tmp_path, monkeypat
         assert report.metrics["auc_ctr"] == pytest.approx(current_auc, rel=1e-12)
         levels[drop] = (drops["auc_ctr"].level, report.level)
         health = report.tasks[0]
-        assert health.predictions_from == "model" and abs(health.calibration_shift) < drift.CALIBRATION_SHIFT_P2
+        assert health.predictions_from == "model" and abs(health.calibration_shift) < 0.05
+        assert abs(health.calibration_error) < check.CALIBRATION_ERROR_P1 and health.status == "OK"
     assert levels == {0.003: ("OK", "OK"), 0.008: ("P2", "P2"), 0.015: ("P1", "P1")}
 
 
@@ -232,14 +295,20 @@ def test_a_real_run_on_its_own_test_split_has_no_drop(ranking_runs, tmp_path):
     run = ranking_runs[0]
     dataset = Path(json.loads((run / "eval.json").read_text())["dataset"])
     result = run_cli("monitor", "--reference", dataset, "--current", dataset, "--model", run, "--out", tmp_path)
-    assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "monitor.json").read_text())
+    assert result.returncode == (3 if saved["level"] == "P1" else 0), result.stderr
     drops = {d["metric"]: d for d in saved["drops"]}
     assert {"auc_ctr", "gauc_ctr", "auc_cvr", "auc_ctcvr"} <= set(drops)
     for d in drops.values():  # the same rows and the same checkpoint as the run's evaluation
         assert abs(d["relative_drop"]) < 1e-5, d
-    assert saved["level"] != "P1" and not any(r.startswith("P1") for r in saved["reasons"])
     assert {t["task"]: t["predictions_from"] for t in saved["tasks"]} == {"ctr": "model", "cvr": "model"}
+    # the only P1 a 40-step model earns is its calibration (it over-predicts on every split, which
+    # a shift against the train split hid); no drop, no drift
+    tasks = {t["task"]: t for t in saved["tasks"]}
+    for reason in (r for r in saved["reasons"] if r.startswith("P1")):
+        task = reason.split()[1].rstrip(":")
+        assert ": calibration (predicted / observed)" in reason and tasks[task]["status"] == "P1", reason
+        assert abs(tasks[task]["calibration_error"]) > 0.1 and abs(tasks[task]["calibration_shift"]) < 0.1
 
 
 # ------------------------------------------------------------------------ CLI

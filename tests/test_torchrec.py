@@ -55,6 +55,11 @@ def checkpoint(run_dir: Path) -> dict:
     return load_checkpoint(run_dir / "ckpt_last.pt")
 
 
+def assert_plan(run_dir: Path, sharding: str, plan: str) -> None:
+    log = (run_dir / "train.log").read_text()
+    assert f"embedding table sharded {sharding} over 2 ranks (TorchRec, dense kernel, LazyAdam per shard): {plan}" in log
+
+
 def assert_same_checkpoint(a: Path, b: Path) -> None:
     """The same weights and the same optimizer moments, the table's LazyAdam state included."""
     ca, cb = checkpoint(a), checkpoint(b)
@@ -73,13 +78,12 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sharding, plan", [("table_wise", "13 table(s) table_wise on [0], 13 table(s) table_wise on [1]"),
-                                            ("column_wise", "26 table(s) column_wise on [0, 1]"),
                                             ("row_wise", "26 table(s) row_wise on [0, 1]")])
 def test_a_sharded_e3_run_equals_the_replicated_one(replicated, tmp_path, sharding, plan):
+    """column_wise: the killed-and-resumed job below (the suite's time)."""
     run_dir = tmp_path / sharding
     train(E3, run_dir, {**SETTINGS, "embedding.sharding": sharding}, "--nproc", "2")
-    log = (run_dir / "train.log").read_text()
-    assert f"embedding table sharded {sharding} over 2 ranks (TorchRec, dense kernel, LazyAdam per shard): {plan}" in log
+    assert_plan(run_dir, sharding, plan)
     assert_same_run(replicated, run_dir, TOLERANCE)
     assert_same_checkpoint(replicated, run_dir)
 
@@ -97,7 +101,8 @@ def test_auto_lets_the_planner_choose_and_trains_like_the_replicated_run(torchre
 
 @pytest.mark.slow
 def test_a_killed_sharded_job_resumes_and_reaches_the_uninterrupted_run(replicated, tmp_path):
-    """Checkpoints hold the fused table and its moments: the resumed job cuts them again."""
+    """Checkpoints hold the fused table and its moments: the resumed job cuts them again, and
+    ends where the replicated run does (weights and optimizer moments): column_wise's check."""
     run_dir, settings = tmp_path / "run", {**SETTINGS, "embedding.sharding": "column_wise"}
     job = subprocess.Popen([sys.executable, "-m", "recsmith", "train", str(E3), "--run-dir", str(run_dir),
                             *sets(settings), "--nproc", "2"], cwd=REPO, stdout=subprocess.PIPE,
@@ -114,7 +119,9 @@ def test_a_killed_sharded_job_resumes_and_reaches_the_uninterrupted_run(replicat
     resumed = run_cli("train", E3, "--run-dir", run_dir, *sets(settings), "--nproc", "2", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed from ckpt_last.pt at step 40" in (run_dir / "train.log").read_text()
+    assert_plan(run_dir, "column_wise", "26 table(s) column_wise on [0, 1]")
     assert_same_run(replicated, run_dir, TOLERANCE)
+    assert_same_checkpoint(replicated, run_dir)
 
 
 # ------------------------------------------------------------ what is refused, in one process

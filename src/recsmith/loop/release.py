@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
 from recsmith.metrics.ab import ABReport, CalibrationResult
+from recsmith.monitor.check import CALIBRATION_ERROR_P1, calibration_off, calibration_ratio
 
 Action = Literal["hold", "advance", "promote", "rollback"]
-CALIBRATION_P1 = 0.10  # |predicted / observed − 1| beyond which the canary's calibration is a P1
-CALIBRATION_ALPHA = 0.01  # ... when the calibration test says it is no noise
 
 
 @dataclass
@@ -54,10 +53,10 @@ def one_sided_worse(report: ABReport) -> float:
 
 
 def canary_p1(calibration: CalibrationResult) -> Optional[str]:
-    if math.isfinite(calibration.ratio) and abs(calibration.ratio - 1.0) > CALIBRATION_P1 \
-            and calibration.p_value < CALIBRATION_ALPHA:
-        return (f"P1: the canary's calibration (predicted / observed CTR) is {calibration.ratio:.3f}, off by more "
-                f"than {CALIBRATION_P1:.0%} (p = {calibration.p_value:.2g})")
+    if calibration_off(calibration):
+        return (f"P1: the canary's calibration (predicted / observed CTR) on its exploration impressions is "
+                f"{calibration_ratio(calibration):.3f}, off 1.0 by more than {CALIBRATION_ERROR_P1:.0%} "
+                f"(p = {calibration.p_value:.2g})")
     return None
 
 

@@ -10,19 +10,27 @@ share, so both sides are compared as the model sees them.
 Each side is sampled to at most `max_rows` rows (seeded, uniform). The report holds:
   * per feature: PSI and its status, KS (dense) or JS divergence (categorical), missing rates;
   * per task, when predictions exist (a model given with `run_dir`, or a log's `prob_<task>`
-    columns): mean predicted, observed rate and calibration (predicted / observed) on both
-    sides, the PSI of the predicted probabilities;
+    columns): mean predicted, observed rate and calibration (predicted / observed = Σp / Σy,
+    over the rows where the task's label is observed) on both sides, the shift between them
+    (for information), the PSI of the predicted probabilities;
   * with a model and labels on the current side: AUC and GAUC, and their relative drop
     against the run's test metrics (eval.json → test).
-Level: P1 if any AUC / GAUC drops by more than 1% or any feature has major drift
-(PSI ≥ 0.25: an input moved that far makes every prediction suspect before labels arrive to
-measure the damage); P2 for moderate drift, a drop of more than 0.5%, a calibration shift of
-more than 10% or a missing rate up by more than 5 points; OK otherwise.
+Level: P1 if any AUC / GAUC drops by more than 1%, any feature has major drift (PSI ≥ 0.25:
+an input moved that far makes every prediction suspect before labels arrive to measure the
+damage), or a task's calibration on the current side is off 1.0 by more than 10%
+(|Σp / Σy − 1| > 0.10; the reference side's calibration is not the yardstick); P2 for
+moderate drift, a drop of more than 0.5% or a missing rate up by more than 5 points; OK
+otherwise.
+Calibration noise guard (`calibration_off`): the calibration alert also needs the two-sided
+test of the observed positives Σy against the expected Σp, variance Σp(1 − p) (the
+predictions taken as true probabilities; recsmith.metrics.ab.calibration_test), at p < 0.01,
+so a handful of rows whose ratio happens to be off does not page anyone.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,12 +42,15 @@ import pyarrow.parquet as pq
 from recsmith.data.schema import SCHEMA_FILE, SPLITS, VOCAB_FILE, DatasetSchema
 from recsmith.errors import DataError
 from recsmith.metrics import calibration
+from recsmith.metrics.ab import CalibrationResult, calibration_test
 from recsmith.metrics.funnel import funnel_metrics
 from recsmith.monitor import drift
 
 MAX_ROWS = 200_000
 SCORE_BATCH_ROWS = 65_536
 LEVELS = ("OK", "P2", "P1")  # in rising severity
+CALIBRATION_ERROR_P1 = 0.10  # |Σp / Σy − 1| on the current side: P1 beyond (predicted / observed vs 1.0)
+CALIBRATION_ALPHA = 0.01  # noise guard: two-sided z-test of Σy against Σp must give p below this
 
 
 @dataclass
@@ -84,9 +95,13 @@ class TaskHealth:
     observed_rate_current: float | None
     calibration_reference: float | None  # mean predicted / observed, where observed
     calibration_current: float | None
-    calibration_shift: float | None  # current / reference − 1 (reference 1.0 when unknown)
+    calibration_shift: float | None  # current / reference − 1 (reference 1.0 when unknown), for information
+    calibration_error: float | None  # current calibration − 1: the alert compares it with ±CALIBRATION_ERROR_P1
+    expected_positives_current: float | None  # Σp over the current rows where the label is observed
+    observed_positives_current: float | None  # Σy over those rows
+    calibration_pvalue: float | None  # two-sided z-test of Σy against Σp (the noise guard)
     score_psi: float | None  # PSI of the predicted probabilities, reference vs current
-    status: str  # OK | P2
+    status: str  # OK | P1
 
 
 @dataclass
@@ -118,7 +133,8 @@ class MonitorReport:
     thresholds: dict[str, float] = field(default_factory=lambda: {
         "psi_moderate": drift.PSI_MODERATE, "psi_major": drift.PSI_MAJOR, "psi_epsilon": drift.PSI_EPSILON,
         "auc_drop_p2": drift.AUC_DROP_P2, "auc_drop_p1": drift.AUC_DROP_P1,
-        "calibration_shift_p2": drift.CALIBRATION_SHIFT_P2, "missing_rate_rise_p2": drift.MISSING_RATE_RISE_P2})
+        "calibration_error_p1": CALIBRATION_ERROR_P1, "calibration_alpha": CALIBRATION_ALPHA,
+        "missing_rate_rise_p2": drift.MISSING_RATE_RISE_P2})
 
     @property
     def drifted(self) -> list[FeatureDrift]:
@@ -287,8 +303,17 @@ def read_log_side(path: Path, reference: Path, schema: DatasetSchema, max_rows: 
     if bad.any():
         notes.append(f"{int(bad.sum()):,} current rows have values the encoders reject; they count as unknown (id 0)")
     return Side(f"{path} (raw rows)", total, sparse, dense, label_values,
-                {c.removeprefix("prob_"): _column(table, c, np.float64) for c in prob_columns}, missing,
+                {c.removeprefix("prob_"): _probabilities(table, c, path) for c in prob_columns}, missing,
                 int(bad.sum()))
+
+
+def _probabilities(table: pa.Table, name: str, path) -> np.ndarray:
+    values = _column(table, name, np.float64)
+    bad = ~((values >= 0.0) & (values <= 1.0))  # NaN and null included
+    if bad.any():
+        raise DataError(f"{path}: column {name} holds {int(bad.sum()):,} value(s) that are no probability "
+                        f"(first: {values[bad][0]!r}, row {int(np.flatnonzero(bad)[0])})")
+    return values
 
 
 def _column(table: pa.Table, name: str, dtype) -> np.ndarray:
@@ -399,15 +424,31 @@ def _observed_rows(schema: DatasetSchema, side: Side, task: str) -> np.ndarray |
     return side.labels[spec.observed_when] > 0 if spec.observed_when else np.ones(side.rows, bool)
 
 
+def calibration_ratio(test: CalibrationResult) -> float:
+    """Σp / Σy of a calibration test, inf when no positive was observed but some were expected."""
+    if test.observed > 0:
+        return test.ratio
+    return math.inf if test.expected > 0 else math.nan
+
+
+def calibration_off(test: CalibrationResult, limit: float = CALIBRATION_ERROR_P1,
+                    alpha: float = CALIBRATION_ALPHA) -> bool:
+    """The calibration alert: |Σp / Σy − 1| > limit and the test of Σy against Σp (recsmith.metrics.ab,
+    variance Σp(1 − p), continuity-corrected) gives p < alpha. Never on NaN."""
+    return bool(abs(calibration_ratio(test) - 1.0) > limit and test.p_value < alpha)
+
+
 def task_health(schema: DatasetSchema, ref: Side, cur: Side, sources: dict[str, str], notes: list[str]) -> list[TaskHealth]:
-    """Calibration drift per task: mean predicted / observed rate on both sides."""
+    """Calibration per task: mean predicted / observed rate on both sides; the current side's
+    is compared with 1.0 (P1 beyond ±10%, when the z-test says it is not noise)."""
     out = []
     for task in [t.name for t in schema.tasks if t.name in cur.probs]:
         label = schema.task_specs[task].label
         r_rows, c_rows = _observed_rows(schema, ref, task), _observed_rows(schema, cur, task)
         cal_r = calibration(ref.labels[label][r_rows], ref.probs[task][r_rows]) \
             if r_rows is not None and task in ref.probs else None
-        cal_c = calibration(cur.labels[label][c_rows], cur.probs[task][c_rows]) if c_rows is not None else None
+        test = calibration_test(cur.probs[task][c_rows], cur.labels[label][c_rows]) if c_rows is not None else None
+        cal_c = calibration_ratio(test) if test is not None else None
         if c_rows is None:
             notes.append(f"{task}: the current side has no labels, so its calibration is not measured")
         shift = None
@@ -424,8 +465,10 @@ def task_health(schema: DatasetSchema, ref: Side, cur: Side, sources: dict[str, 
             observed_rate_reference=_rate(ref.labels[label], r_rows) if r_rows is not None else None,
             observed_rate_current=_rate(cur.labels[label], c_rows) if c_rows is not None else None,
             calibration_reference=cal_r, calibration_current=cal_c, calibration_shift=shift,
-            score_psi=score_psi,
-            status="P2" if shift is not None and abs(shift) > drift.CALIBRATION_SHIFT_P2 else "OK"))
+            calibration_error=cal_c - 1.0 if test else None, expected_positives_current=test.expected if test else None,
+            observed_positives_current=test.observed if test else None,
+            calibration_pvalue=test.p_value if test else None, score_psi=score_psi,
+            status="P1" if test is not None and calibration_off(test) else "OK"))
     return out
 
 
@@ -476,7 +519,12 @@ def overall_level(features: list[FeatureDrift], tasks: list[TaskHealth],
             reasons.append(("P2", f"{f.name}: missing rate {f.missing_reference or 0.0:.3f} → {f.missing_current:.3f}"))
     for t in tasks:
         if t.status != "OK":
-            reasons.append((t.status, f"{t.task}: calibration shifted {100 * t.calibration_shift:+.1f}%"))
+            reference = "n/a" if t.calibration_reference is None else f"{t.calibration_reference:.3f}"
+            reasons.append((t.status, f"{t.task}: calibration (predicted / observed) {t.calibration_current:.3f}, off 1.0 "
+                                      f"by {100 * t.calibration_error:+.1f}% (> ±{100 * CALIBRATION_ERROR_P1:.0f}%; "
+                                      f"{t.expected_positives_current:.1f} positives expected, "
+                                      f"{t.observed_positives_current:.0f} observed, z-test p = "
+                                      f"{t.calibration_pvalue:.1e} < {CALIBRATION_ALPHA}); reference side {reference}"))
     level = max((lv for lv, _ in reasons), key=LEVELS.index, default="OK")
     return level, [f"{lv} {text}" for lv, text in sorted(reasons, key=lambda r: -LEVELS.index(r[0]))]
 

@@ -34,7 +34,6 @@ DENSE_BINS = 10
 TOP_K_CATEGORIES = 50
 AUC_DROP_P2 = 0.005  # relative drop of AUC / GAUC vs the training run's test value
 AUC_DROP_P1 = 0.010
-CALIBRATION_SHIFT_P2 = 0.10  # |current calibration / reference calibration − 1|
 MISSING_RATE_RISE_P2 = 0.05  # current missing rate − reference missing rate (absolute)
 
 OK, MODERATE, MAJOR = "ok", "moderate", "major"

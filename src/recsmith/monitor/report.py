@@ -8,7 +8,7 @@ from pathlib import Path
 
 from recsmith.atomic import write_json_atomic, write_text_atomic
 from recsmith.monitor import drift
-from recsmith.monitor.check import MonitorReport
+from recsmith.monitor.check import CALIBRATION_ALPHA, CALIBRATION_ERROR_P1, MonitorReport
 
 MD_FILE, HTML_FILE, JSON_FILE = "MONITOR_REPORT.md", "monitor_report.html", "monitor.json"
 
@@ -66,8 +66,9 @@ def _tables(report: MonitorReport) -> dict[str, dict]:
                   _num(t.score_psi), t.status] for t in report.tasks],
         "note": ("mean predicted: over every row; observed rate: over the rows where the task's label is observed "
                  "(for a post-click task, the clicked rows); calibration = mean predicted / observed rate on those rows; "
-                 f"shift = current / reference − 1 (reference 1.0 when unknown), P2 beyond "
-                 f"±{100 * drift.CALIBRATION_SHIFT_P2:.0f}%"),
+                 f"current calibration vs 1.0: P1 beyond ±{100 * CALIBRATION_ERROR_P1:.0f}% when the test of observed "
+                 f"against expected positives gives p < {CALIBRATION_ALPHA}; shift = current / reference − 1, "
+                 "for information"),
     }
     drops = {
         "header": ["metric", "baseline (run test)", "current", "relative drop", "level"],
