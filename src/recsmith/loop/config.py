@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from recsmith.config.loader import apply_overrides, read_yaml, validate_model
 from recsmith.config.schema import Strict
+from recsmith.monitor.slices import DEFAULT_RULES, AlertRule
 
 
 class TrainingConfig(Strict):
@@ -78,7 +79,7 @@ class ReleaseConfig(Strict):
 
 class MonitorConfig(Strict):
     slice_fields: list[str] = Field(default_factory=lambda: ["slot", "device_os", "ad_format"])
-    rules: list[dict] = Field(default_factory=list)  # TODO(slices)
+    rules: list[AlertRule] = Field(default_factory=lambda: list(DEFAULT_RULES))
     importance_rows: int = Field(2000, ge=100, description="rows of the permutation importance sample")
     retrain_on: list[str] = Field(default_factory=lambda: ["calibration"],
                                   description="P1 alerts of these metrics (all traffic) trigger a retrain")

@@ -351,9 +351,10 @@ class Loop:
         else:
             self.state["releases"] = self.state["releases"] + [release.to_dict()]
             self.state["release"] = None
+        calibration = {name: _finite({"impressions": arm.impressions, "ratio": arm.calibration.ratio,
+                                      "p_value": arm.calibration.p_value}) for name, arm in explored.items()}
         return {"action": decision.action, "reason": decision.reason, "stage": release.stage,
-                "ab": report.to_dict(), "explored_calibration": {k: _finite({"impressions": v.impressions, "ratio": v.calibration.ratio,
-                                                      "p_value": v.calibration.p_value}) for k, v in explored.items()}}
+                "ab": report.to_dict(), "explored_calibration": calibration}
 
     def _run_of(self, version: int) -> str:
         return str(self.registry.get(self.cfg.name, version).metadata.get("run_dir", ""))
