@@ -151,6 +151,26 @@ def test_a_different_primary_metric_cannot_be_compared(registry, tmp_path):
         registry.promote("m", 2)
 
 
+def test_absolute_bars_hold_a_poor_model_back_even_with_no_production_version(registry, tmp_path):
+    """The audit's case: a model with test AUC 0.319 reached production because none was there."""
+    registry.add("ctr", fake_run(tmp_path, "poor", 0.319))
+    with pytest.raises(PromotionRefused, match=r"test auc_ctcvr 0.319000 is below the floor 0.7"):
+        registry.promote("ctr", 1, minimums={"auc_ctcvr": 0.7})
+    with pytest.raises(PromotionRefused, match="is not added to production: it has no finite test logloss"):
+        registry.add("ctr", fake_run(tmp_path, "poor2", 0.319), stage="production", minimums={"logloss": 0.5})
+    assert [v.version for v in registry.versions("ctr")] == [1]  # the refused add left nothing
+    registry.add("ctr", fake_run(tmp_path, "good", 0.81), stage="production", minimums={"auc_ctcvr": 0.7})
+    registry.add("ctr", fake_run(tmp_path, "better", 0.80))  # worse on its own test set, better online
+    evidence = {"release": ["no regression at 5%", "non-inferior within 10% at 20%"]}
+    promoted = registry.promote("ctr", 3, reason="released", minimums={"auc_ctcvr": 0.7}, evidence=evidence)
+    event = next(e for e in reversed(registry.history("ctr")) if e["action"] == "promote")
+    assert promoted.stage == "production" and event["gate"] == "evidence" and event["evidence"] == evidence
+    assert not event["forced"] and event["minimums"] == {"auc_ctcvr": 0.7}
+    registry.add("ctr", fake_run(tmp_path, "poor3", 0.5))
+    with pytest.raises(PromotionRefused, match="below the floor"):  # evidence does not lift the bars
+        registry.promote("ctr", 4, minimums={"auc_ctcvr": 0.7}, evidence=evidence)
+
+
 def test_staging_always_and_archive(registry, tmp_path):
     registry.add("ctr", fake_run(tmp_path, "a", 0.75), stage="production")
     registry.add("ctr", fake_run(tmp_path, "b", 0.60))
