@@ -300,12 +300,14 @@ class Loop:
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(impressions, folder / "impressions.parquet")
         clicked = click > 0
-        pq.write_table(pa.table({"click_id": [f"c-{i}" for i in ids[clicked]], "impression_id": ids[clicked].tolist(),
-                                 "ts": served[clicked] + CLICK_DELAY_S}), folder / "clicks.parquet")
         converted = conversion[clicked] > 0
-        pq.write_table(pa.table({"click_id": [f"c-{i}" for i in ids[clicked][converted]],
-                                 "ts": served[clicked][converted] + CLICK_DELAY_S + CONVERSION_DELAY_S}),
-                       folder / "conversions.parquet")
+        pq.write_table(pa.table({"click_id": pa.array([f"c-{i}" for i in ids[clicked]], pa.string()),
+                                 "impression_id": pa.array(ids[clicked].tolist(), pa.string()),
+                                 "ts": pa.array(served[clicked] + CLICK_DELAY_S, pa.int64())}),
+                       folder / "clicks.parquet")
+        pq.write_table(pa.table({"click_id": pa.array([f"c-{i}" for i in ids[clicked][converted]], pa.string()),
+                                 "ts": pa.array(served[clicked][converted] + CLICK_DELAY_S + CONVERSION_DELAY_S,
+                                                pa.int64())}), folder / "conversions.parquet")
         run_join(JoinDefinition(impressions=str(folder / "impressions.parquet"), clicks=str(folder / "clicks.parquet"),
                                 conversions=str(folder / "conversions.parquet"), output=str(self.joined(day, window)),
                                 attribution_window=ATTRIBUTION_WINDOW))
@@ -318,8 +320,7 @@ class Loop:
         """The release's decision after a window, applied to the registry and the service."""
         release = Release(**self.state["release"])
         stage = self.cfg.release.stages[release.stage]
-        windows = release.history and [tuple(h["window_key"]) for h in release.history if h["stage"] == release.stage]
-        keys = sorted(set(windows or []) | {(day, window)})
+        keys = sorted({tuple(h["window_key"]) for h in release.history if h["stage"] == release.stage} | {(day, window)})
         table = pa.concat_tables([pq.read_table(self.joined(d, w), columns=["model", "prob_ctr", "label_click",
                                                                             "label_convert", "explore"])
                                   for d, w in keys])
@@ -429,9 +430,11 @@ class Loop:
         for version in self.registry.versions(self.cfg.name) if self.cfg.name in self.registry.names() else []:
             if version.metadata.get("run_dir") == run:  # added before a crash
                 return version.version
+        gate = self.state["done"][f"day{day:02d}:gate"]
+        held_out = ", ".join(f"{k} {v:.4f}" for k, v in gate["metrics"]["candidate"].items() if k in self.cfg.gate.min)
         added = self.registry.add(self.cfg.name, run, stage=stage, user="recsmith-loop",
-                                  reason=f"day {day}: passed the offline gate",
-                                  minimums=self.cfg.gate.min if stage == "production" else None)
+                                  reason=f"day {day}: passed the offline gate on {gate['rows']} held-out impressions "
+                                         f"({held_out})")
         return added.version
 
     # ------------------------------------------------------------------ monitoring
