@@ -51,6 +51,10 @@ def test_the_gate_checks_calibration_against_one_and_a_regression_on_the_same_ro
     table, truth = holdout()
     high = offline_gate(GateConfig(min={}), table, FixedScorer(np.minimum(truth * 1.25, 1.0)))
     assert not high["passed"] and "calibration 1.2" in high["failures"][0]
+    few = offline_gate(GateConfig(min={}), table.slice(0, 300), FixedScorer(np.minimum(truth[:300] * 1.25, 1.0)))
+    assert few["passed"] and few["calibration"]["p_value"] > 0.01  # as far off on 300 rows: no evidence
+    only_explored = table.append_column("explore", pa.array(np.arange(len(truth)) < 300))
+    assert offline_gate(GateConfig(min={}), only_explored, FixedScorer(np.minimum(truth * 1.25, 1.0)))["passed"]
     # a candidate with a blurred signal, against production with the true one: significantly worse
     blurred = 1 / (1 + np.exp(-(np.log(truth / (1 - truth)) + np.random.default_rng(2).normal(0, 1.5, len(truth)))))
     blurred *= truth.mean() / blurred.mean()

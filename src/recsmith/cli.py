@@ -701,6 +701,28 @@ def loop_simulate(config: Path = typer.Argument(..., help="Loop config (YAML), e
     console.print(f"wrote {out / 'timeline.html'}")
 
 
+@loop_app.command("status")
+def loop_status(out: Path = typer.Argument(Path("runs/loop"), help="A loop directory.")) -> None:
+    """Where a loop stands: production, the release in flight, the steps done, the last decisions and alerts."""
+    from recsmith.loop.state import read_state
+
+    state = read_state(out)
+    done = list(state["done"])
+    production, release = state["production"] or {}, state["release"]
+    console.print(f"{out}: {len(done)} steps done, the last {done[-1] if done else '(none)'}", highlight=False)
+    console.print(f"production: v{production.get('version', '?')} (since day {production.get('since_day', '?')})",
+                  highlight=False)
+    if release:
+        share = state["config"]["release"]["stages"][release["stage"]]["share"]
+        console.print(f"release in flight: v{release['version']} at {share:.0%}", highlight=False)
+    for finished in state["releases"][-5:]:
+        last = finished["history"][-1]
+        console.print(f"v{finished['version']}: {finished['status']} on day {last['day']}: {last['reason']}",
+                      highlight=False, markup=False)
+    for alert in state["alerts"][-5:]:
+        console.print(alert["message"], highlight=False, markup=False)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)

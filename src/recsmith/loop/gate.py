@@ -6,7 +6,9 @@ which the candidate did not train on. The candidate passes when
   * every `gate.min` metric clears its floor (a ceiling for lower-is-better metrics such as
     logloss): an absolute bar, so a poor model fails even when there is no production
     model to compare with;
-  * its calibration (predicted / observed CTR) is within `calibration_tolerance` of 1.0;
+  * its calibration (predicted / observed CTR) is within `calibration_tolerance` of 1.0, or
+    not significantly outside it, on the holdout's exploration impressions (random ads shown:
+    on the ads a model chose, predictions are biased upwards);
   * it is not significantly worse than production on `regression_metric`: DeLong's test of
     the two AUCs on the same rows, one-sided at `regression_alpha`.
 Every decision is recorded with the numbers it was taken on.
@@ -21,9 +23,11 @@ import pyarrow as pa
 
 from recsmith.errors import ConfigError
 from recsmith.metrics.auc import auc, gauc
+from recsmith.metrics.ab import calibration_test
 from recsmith.metrics.classification import calibration, logloss
 from recsmith.metrics.direction import lower_is_better
 from recsmith.metrics.significance import delong
+from recsmith.monitor.check import calibration_off, calibration_ratio
 
 USER_FIELD = "user_id"
 
@@ -72,9 +76,15 @@ def offline_gate(cfg, holdout: pa.Table, candidate, production=None) -> dict:
         low = lower_is_better(key)
         if not math.isfinite(value) or (value > bar if low else value < bar):
             record["failures"].append(f"{key} {value:.4f} {'above the ceiling' if low else 'below the floor'} {bar}")
-    ratio = mine["calibration_ctr"]
-    if not math.isfinite(ratio) or abs(ratio - 1.0) > cfg.calibration_tolerance:
-        record["failures"].append(f"calibration {ratio:.3f} is off 1.0 by more than {cfg.calibration_tolerance:.0%}")
+    explored = holdout["explore"].to_numpy(zero_copy_only=False) if "explore" in holdout.column_names \
+        else np.ones(holdout.num_rows, bool)
+    calibration = calibration_test(scored["candidate"]["ctr"][explored], click[explored])
+    record["calibration"] = {"rows": int(explored.sum()), "ratio": calibration_ratio(calibration),
+                             "p_value": calibration.p_value}
+    if calibration_off(calibration, cfg.calibration_tolerance):
+        record["failures"].append(f"calibration {calibration_ratio(calibration):.3f} on {int(explored.sum())} exploration "
+                                  f"impressions is off 1.0 by more than {cfg.calibration_tolerance:.0%} "
+                                  f"(p = {calibration.p_value:.2g})")
     if production is not None:
         labels, ours = _target(cfg.regression_metric, scored["candidate"], click, conversion)
         _, theirs = _target(cfg.regression_metric, scored["production"], click, conversion)

@@ -21,15 +21,24 @@ from recsmith.errors import ConfigError, DataError
 STATE_FILE = "loop_state.json"
 
 
+def read_state(directory: str | Path) -> dict:
+    """A loop directory's state, for reading only."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise DataError(f"{directory}: no loop here (no {STATE_FILE}); run `recsmith loop simulate CONFIG --out "
+                        f"{directory}` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the loop's state ({exc})") from None
+
+
 class LoopState:
     def __init__(self, directory: str | Path, config_dump: dict):
         self.directory = Path(directory)
         self.path = self.directory / STATE_FILE
         if self.path.is_file():
-            try:
-                self.data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise DataError(f"{self.path}: cannot read the loop's state ({exc})") from None
+            self.data = read_state(self.directory)
             if self.data.get("config") != config_dump:
                 raise ConfigError(f"{self.directory} holds a loop run with another config; use a new --out, or the "
                                   "same config to resume it")
