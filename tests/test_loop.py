@@ -101,6 +101,14 @@ def test_a_stage_holds_until_its_horizon_then_advances_without_a_regression():
     assert release.stage == 1 and release.status == "running" and release.history[-1]["action"] == "advance"
 
 
+def test_a_guardrail_stage_advances_at_its_horizon_unless_the_harm_is_clear():
+    stages = [StageConfig(share=0.05, min_canary_requests=1000, rule="guardrail"), STAGES[1]]
+    worse = decide(Release(version=2), stages, RELEASE, *report(0.05, 0.042, canary_n=1000, control_n=19_000))
+    assert worse.action == "advance" and worse.reason.startswith("no clear harm by the horizon")  # p ≈ 0.04
+    harm = decide(Release(version=2), stages, RELEASE, *report(0.05, 0.025, canary_n=1000, control_n=19_000))
+    assert harm.action == "rollback" and harm.reason.startswith("clear harm")
+
+
 def test_the_last_stage_promotes_only_a_non_inferior_canary_and_an_inconclusive_one_holds_then_rolls_back():
     release = Release(version=2, stage=1)
     ab, calibration = report(0.05, 0.052, canary_n=4000, control_n=16_000, share=0.2, margin=0.10)

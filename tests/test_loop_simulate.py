@@ -72,6 +72,13 @@ def test_a_killed_loop_resumes_and_finishes_every_step_once(tmp_path):
     assert [(a["level"], a["slice"], a["feature"]) for a in failures] == [("P1", "device_os=1", "user_hist_ctr")]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["decisions"] >= 1 and 0 <= summary["decisions_agreeing_with_oracle"] <= summary["decisions"]
+    # a scheduler's unit of work: a step already done answers its recorded result and changes nothing
+    before = state_file.read_bytes()
+    step = run_cli("loop", "step", "monitor", "--day", "2", "--out", out)
+    assert step.returncode == 0 and json.loads(step.stdout)["alerts"] == done["day02:monitor"]["alerts"]
+    assert state_file.read_bytes() == before
+    status = run_cli("loop", "status", out)
+    assert status.returncode == 0 and "production: v" in status.stdout and "device_os=1" in status.stdout
     dom, log = open_in_chromium(out / "timeline.html")
     assert dom.count("<tr>") >= 4 and "<svg" in dom and "device_os=1" in dom and not console_messages(log)
 

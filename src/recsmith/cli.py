@@ -701,6 +701,24 @@ def loop_simulate(config: Path = typer.Argument(..., help="Loop config (YAML), e
     console.print(f"wrote {out / 'timeline.html'}")
 
 
+@loop_app.command("step")
+def loop_step(name: str = typer.Argument(..., help="monitor, train, gate or register."),
+              day: int = typer.Option(..., "--day", min=0, help="The day."),
+              out: Path = typer.Option(Path("runs/loop"), "--out", help="The loop directory.")) -> None:
+    """Run one of a day's steps of an existing loop (a scheduler's unit of work); a step already done prints its
+    recorded result and does nothing."""
+    from recsmith.loop.config import LoopConfig
+    from recsmith.loop.simulate import Loop
+    from recsmith.loop.state import read_state
+
+    setup_logging()
+    state = read_state(out)
+    loop = Loop(LoopConfig.model_validate(state["config"]), Path(state.get("base") or "."), out,
+                progress=lambda text: console.print(text, highlight=False))
+    result = loop.step(name, day)
+    print(json.dumps(result, indent=2, default=str))
+
+
 @loop_app.command("status")
 def loop_status(out: Path = typer.Argument(Path("runs/loop"), help="A loop directory.")) -> None:
     """Where a loop stands: production, the release in flight, the steps done, the last decisions and alerts."""

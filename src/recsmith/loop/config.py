@@ -14,7 +14,7 @@ release:
 monitor: {slice_fields: [slot, device_os, ad_format]}
 world: {requests_per_day: 24000, candidates: 8, ctr_trend_per_day: 0.05}
 inject:
-  bad_model: {day: 4, feature: item_category}
+  bad_model: {day: 3, feature: item_price, kind: leak}
   feature_failure: {day: 6, feature: user_hist_ctr, slice_field: device_os, slice_value: 1}
 ```
 """
@@ -52,12 +52,13 @@ class GateConfig(Strict):
 class StageConfig(Strict):
     share: float = Field(gt=0.0, lt=1.0, description="the canary's share of requests")
     min_canary_requests: int = Field(ge=1, description="the stage's fixed horizon")
-    rule: Literal["no_regression", "noninferior"] = "no_regression"
+    rule: Literal["guardrail", "no_regression", "noninferior"] = "no_regression"
     margin: float = Field(0.10, ge=0.0, lt=1.0, description="noninferior: how much worse (relative CTR) is tolerated")
 
 
 def _default_stages() -> list[StageConfig]:
-    return [StageConfig(share=0.01, min_canary_requests=200), StageConfig(share=0.05, min_canary_requests=800),
+    return [StageConfig(share=0.01, min_canary_requests=200, rule="guardrail"),
+            StageConfig(share=0.05, min_canary_requests=800, rule="guardrail"),
             StageConfig(share=0.20, min_canary_requests=3000, rule="noninferior", margin=0.10)]
 
 
@@ -86,8 +87,10 @@ class MonitorConfig(Strict):
 
 
 class BadModel(Strict):
-    day: int = Field(ge=1, description="the joined log of this day has the feature corrupted (a stale dictionary)")
-    feature: str = "item_category"
+    day: int = Field(ge=1, description="the joined log of this day has the feature corrupted")
+    feature: str = "item_price"
+    kind: Literal["leak", "remap"] = Field("leak", description="leak: the click leaked into a dense feature; "
+                                                             "remap: a categorical one's values permuted")
 
 
 class FeatureFailure(Strict):

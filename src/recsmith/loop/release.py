@@ -4,6 +4,8 @@
 The rule against peeking. Each stage has a fixed horizon, `min_canary_requests` canary
 requests (shown ads) in the stage; the decision test runs at the horizon, once, at one-sided
 level `alpha`:
+  * `guardrail` stage (a smoke test: too few requests to tell small differences): advance,
+    unless the checks every look makes (below) stopped it before;
   * the canary's CTR significantly below control's (pooled z-test) → roll back;
   * `no_regression` stage: otherwise advance;
   * `noninferior` stage: advance when the CTR is non-inferior within `margin` (relative);
@@ -84,6 +86,9 @@ def decide(release: Release, stages, cfg, report: ABReport, calibration: Calibra
         return Decision("hold", f"collecting: {in_stage} of {horizon} canary requests at {stage.share:.0%}")
     last = release.stage == len(stages) - 1
     onward: Action = "promote" if last else "advance"
+    if stage.rule == "guardrail":
+        return Decision(onward, f"no clear harm by the horizon ({in_stage} canary requests): {ctr}, "
+                                f"p(worse) = {worse:.3g}")
     if worse < cfg.alpha:
         return Decision("rollback", f"regression at the horizon: {ctr}, one-sided p = {worse:.3g} < {cfg.alpha}")
     if stage.rule == "no_regression":

@@ -20,9 +20,11 @@ skipped when done, safe to rerun after a crash: recsmith.loop.state):
   gate       the offline gate on the held-out window (recsmith.loop.gate)
   register   the candidate into the registry (staging); its release starts at 1%
 
-Injected failures: on `inject.bad_model.day` the day's joined log has a feature remapped (a
-stale dictionary in the join: training and the offline holdout both see it, serving does
-not); on `inject.feature_failure.day` one slice's requests reach the service without a feature.
+Injected failures: on `inject.bad_model.day` the day's joined log has a feature corrupted
+(`kind`: `leak`, the click leaked into a dense feature by a join that read the click log, or
+`remap`, a categorical feature's values permuted by a stale dictionary): training and the
+offline holdout both see it, serving does not; on `inject.feature_failure.day` one slice's
+requests reach the service without a feature.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import yaml
 from recsmith.data.join import run_join
 from recsmith.data.join.definition import JoinDefinition
 from recsmith.data.synthetic import feature_set
-from recsmith.errors import DataError, RecsmithError
+from recsmith.errors import ConfigError, DataError, RecsmithError, did_you_mean
 from recsmith.loop.gate import offline_gate
 from recsmith.loop.release import Release, apply, decide
 from recsmith.loop.state import LoopState
@@ -60,14 +62,14 @@ from recsmith.serve.model_registry import ModelRegistry
 log = logging.getLogger("recsmith.loop")
 CLICK_DELAY_S, CONVERSION_DELAY_S = 5, 600
 ATTRIBUTION_WINDOW = "1d"
-ORACLE_TOLERANCE = 0.01  # a release is truly good when its true relative CTR uplift is ≥ −1%
+ORACLE_TOLERANCE = 0.02  # a release is truly bad when it costs more than 2% of CTR (true relative uplift < −2%)
 
 
 class Loop:
     def __init__(self, cfg, base_dir: Path, out: str | Path, progress: Callable[[str], None] = print):
         self.cfg, self.base, self.say = cfg, Path(base_dir), progress
         self.dir = Path(out)
-        self.state = LoopState(self.dir, cfg.model_dump(mode="json"))
+        self.state = LoopState(self.dir, cfg.model_dump(mode="json"), base=str(self.base.resolve()))
         self.registry = ModelRegistry(self.dir / "registry")
         self.worlds: dict[int, DayWorld] = {}
         self.requests: dict[int, Requests] = {}
@@ -120,12 +122,12 @@ class Loop:
                 self.write_outcomes(0, w, table, part, dict(zip(table["impression_id"].to_pylist(), rows)))
                 return {"impressions": part.n}
             self.state.run_step(f"day00:log:w{w}", log_window)
-        self.state.run_step("day00:train", lambda: self.train(0, warm=False))
-        gate = self.state.run_step("day00:gate", lambda: self.gate(0))
+        self.step("train", 0)
+        gate = self.step("gate", 0)
         if not gate["passed"]:
             raise DataError(f"the bootstrap model failed the offline gate: {'; '.join(gate['failures'])}; nothing to "
                             "serve (lower gate.min or train longer: training.bootstrap_steps)")
-        version = self.state.run_step("day00:register", lambda: self.register(0, "production"))
+        version = self.step("register", 0)
         if self.state["production"] is None:
             self.state["production"] = {"version": version, "run": str(self.run_dir(0)), "since_day": 0}
             self.state.save()
@@ -134,19 +136,37 @@ class Loop:
         key = f"day{day:02d}"
         for w in range(self.cfg.world.windows_per_day):
             self.state.run_step(f"{key}:serve:w{w}", lambda w=w: self.serve_window(day, w))
-        self.state.run_step(f"{key}:monitor", lambda: self.monitor(day))
+        self.step("monitor", day)
         if not self.training_due(day):
             return
-        self.state.run_step(f"{key}:train", lambda: self.train(day, warm=True))
-        gate = self.state.run_step(f"{key}:gate", lambda: self.gate(day))
+        self.step("train", day)
+        gate = self.step("gate", day)
         if not gate["passed"]:
             self.say(f"day {day}: the candidate failed the offline gate: {'; '.join(gate['failures'])}")
             return
-        version = self.state.run_step(f"{key}:register", lambda: self.register(day, "staging"))
+        version = self.step("register", day)
         if self.state["release"] is None and not self.state.done(f"{key}:release"):
             self.state["release"] = Release(version).to_dict()
             self.state["retrain"] = False
         self.state.run_step(f"{key}:release", lambda: {"version": version, "stage": 0})
+
+    def step(self, name: str, day: int):
+        """One of the day's steps after serving (`recsmith loop step NAME --day D` calls it too):
+        its recorded result when done, else run and recorded."""
+        key = f"day{day:02d}"
+        needs = {"monitor": f"{key}:serve:w{self.cfg.world.windows_per_day - 1}",
+                 "train": f"{key}:serve:w{self.cfg.world.windows_per_day - 1}",
+                 "gate": f"{key}:train", "register": f"{key}:gate"}
+        if name not in needs:
+            raise ConfigError(f"loop step: '{name}' is not one of {', '.join(needs)}{did_you_mean(name, list(needs))}")
+        if day >= 1 and not self.state.done(needs[name]):
+            raise ConfigError(f"loop step {name} --day {day}: '{needs[name]}' is not done yet")
+        if name == "register" and not self.state["done"][needs[name]]["passed"]:
+            raise ConfigError(f"loop step register --day {day}: the candidate failed the offline gate")
+        run = {"monitor": lambda: self.monitor(day), "train": lambda: self.train(day, warm=day > 0),
+               "gate": lambda: self.gate(day),
+               "register": lambda: self.register(day, "staging" if day > 0 else "production")}[name]
+        return self.state.run_step(f"{key}:{name}", run)
 
     def training_due(self, day: int) -> bool:
         t = self.cfg.training
@@ -313,7 +333,8 @@ class Loop:
                                 attribution_window=ATTRIBUTION_WINDOW))
         bad = self.cfg.inject.bad_model
         if bad is not None and bad.day == day:
-            _remap(self.joined(day, window), bad.feature, self.cfg.world.seed)
+            path = self.joined(day, window)
+            pq.write_table(CORRUPTIONS[bad.kind](pq.read_table(path), bad.feature, self.cfg.world.seed), path)
 
     # ------------------------------------------------------------------ release
     def look(self, day: int, window: int, production: str, canary: str, share: float, oracle: dict) -> dict:
@@ -488,12 +509,20 @@ def _impressions(requests: Requests, rows: np.ndarray, request_ids: list[str], s
     return pa.table(columns)
 
 
-def _remap(path: Path, feature: str, seed: int) -> None:
-    """The bad-model injection: `feature`'s values in a joined log remapped by a fixed
-    permutation (a join against a stale dictionary), rewritten in place."""
-    table = pq.read_table(path)
+def _remap(table: pa.Table, feature: str, seed: int) -> pa.Table:
+    """A join against a stale dictionary: a categorical feature's values permuted."""
     values = table[feature].to_numpy()
     permutation = np.random.default_rng(seed).permutation(int(values.max()) + 1 if len(values) else 1)
-    index = table.schema.get_field_index(feature)
-    table = table.set_column(index, feature, pa.array(permutation[values].astype(values.dtype)))
-    pq.write_table(table, path)
+    return table.set_column(table.schema.get_field_index(feature), feature,
+                            pa.array(permutation[values].astype(values.dtype)))
+
+
+def _leak(table: pa.Table, feature: str, seed: int) -> pa.Table:
+    """A join that read the click log into a dense feature: clicked rows' values shifted by 6
+    (standard deviations): offline the feature predicts the click, online it cannot."""
+    values = table[feature].to_numpy().astype(np.float32)
+    leaked = values + 6.0 * table["label_click"].to_numpy().astype(np.float32)
+    return table.set_column(table.schema.get_field_index(feature), feature, pa.array(leaked))
+
+
+CORRUPTIONS = {"remap": _remap, "leak": _leak}  # the joined log of inject.bad_model.day, as it is corrupted

@@ -34,7 +34,7 @@ def read_state(directory: str | Path) -> dict:
 
 
 class LoopState:
-    def __init__(self, directory: str | Path, config_dump: dict):
+    def __init__(self, directory: str | Path, config_dump: dict, base: str = ""):
         self.directory = Path(directory)
         self.path = self.directory / STATE_FILE
         if self.path.is_file():
@@ -44,7 +44,7 @@ class LoopState:
                                   "same config to resume it")
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.data = {"config": config_dump, "done": {}, "production": None, "release": None, "releases": [],
+            self.data = {"config": config_dump, "base": base, "done": {}, "production": None, "release": None, "releases": [],
                          "retrain": False, "consumed_logs": [], "alerts": [], "days": {}}
             self.save()
 
