@@ -14,7 +14,7 @@ release:
 monitor: {slice_fields: [slot, device_os, ad_format]}
 world: {requests_per_day: 24000, candidates: 8, ctr_trend_per_day: 0.05}
 inject:
-  bad_model: {day: 3, feature: item_price, kind: leak}
+  bad_model: {day: 3, kind: leak, feature: item_price, forced: true}
   feature_failure: {day: 6, feature: user_hist_ctr, slice_field: device_os, slice_value: 1}
 ```
 """
@@ -87,10 +87,20 @@ class MonitorConfig(Strict):
 
 
 class BadModel(Strict):
-    day: int = Field(ge=1, description="the joined log of this day has the feature corrupted")
-    feature: str = "item_price"
-    kind: Literal["leak", "remap"] = Field("leak", description="leak: the click leaked into a dense feature; "
-                                                             "remap: a categorical one's values permuted")
+    day: int = Field(ge=1, description="the first candidate trained on or after this day trains on a corrupted log")
+    kind: Literal["misaligned", "leak", "remap"] = Field(
+        "misaligned", description="misaligned: the ad and context features joined from the neighbouring impression; "
+                                  "leak: the click leaked into a dense `feature`; remap: a categorical `feature`'s "
+                                  "values permuted (a stale dictionary)")
+    feature: Optional[str] = None
+    forced: bool = Field(False, description="the candidate goes into the release even if the offline gate says no "
+                                            "(its verdict is kept): a test of the online defences")
+
+    @model_validator(mode="after")
+    def _feature_when_needed(self):
+        if self.kind != "misaligned" and not self.feature:
+            raise ValueError(f"inject.bad_model.feature: required for kind '{self.kind}'")
+        return self
 
 
 class FeatureFailure(Strict):

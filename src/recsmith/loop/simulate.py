@@ -30,7 +30,6 @@ requests reach the service without a feature.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import secrets
@@ -50,7 +49,7 @@ import yaml
 
 from recsmith.data.join import run_join
 from recsmith.data.join.definition import JoinDefinition
-from recsmith.data.synthetic import feature_set
+from recsmith.data.synthetic import DENSE, FIELDS, feature_set
 from recsmith.errors import ConfigError, DataError, RecsmithError, did_you_mean
 from recsmith.loop.gate import offline_gate
 from recsmith.loop.release import Release, apply, decide
@@ -59,7 +58,6 @@ from recsmith.loop.world import DayWorld, Requests, outcomes, raw_columns
 from recsmith.metrics.ab import arm_summary, compare_arms
 from recsmith.serve.model_registry import ModelRegistry
 
-log = logging.getLogger("recsmith.loop")
 CLICK_DELAY_S, CONVERSION_DELAY_S = 5, 600
 ATTRIBUTION_WINDOW = "1d"
 ORACLE_TOLERANCE = 0.02  # a release is truly bad when it costs more than 2% of CTR (true relative uplift < −2%)
@@ -331,10 +329,6 @@ class Loop:
         run_join(JoinDefinition(impressions=str(folder / "impressions.parquet"), clicks=str(folder / "clicks.parquet"),
                                 conversions=str(folder / "conversions.parquet"), output=str(self.joined(day, window)),
                                 attribution_window=ATTRIBUTION_WINDOW))
-        bad = self.cfg.inject.bad_model
-        if bad is not None and bad.day == day:
-            path = self.joined(day, window)
-            pq.write_table(CORRUPTIONS[bad.kind](pq.read_table(path), bad.feature, self.cfg.world.seed), path)
 
     # ------------------------------------------------------------------ release
     def look(self, day: int, window: int, production: str, canary: str, share: float, oracle: dict) -> dict:
@@ -407,13 +401,27 @@ class Loop:
         files = [self.joined(d, w) for d in range(first, day + 1) for w in range(windows)]
         return files[:-1], files[-1]
 
+    def corrupted(self, day: int) -> bool:
+        """Whether the day's candidate trains on a corrupted log: the first candidate trained on or
+        after inject.bad_model.day (a pipeline bug that day, whenever the loop trains)."""
+        bad = self.cfg.inject.bad_model
+        if bad is None or day < bad.day:
+            return False
+        earlier = [d for d in range(bad.day, day) if self.state.done(f"day{d:02d}:train")]
+        return not earlier
+
     def train(self, day: int, warm: bool) -> dict:
-        files, _ = self.training_files(day)
+        files, holdout = self.training_files(day)
         data = self.dir / "datasets" / f"day_{day:02d}"
         shutil.rmtree(data, ignore_errors=True)
         (data / "logs").mkdir(parents=True)
-        for i, path in enumerate(files):
-            os.link(path, data / "logs" / f"{i:03d}.parquet")
+        bad = self.cfg.inject.bad_model if self.corrupted(day) else None
+        for i, path in enumerate([*files, holdout]):
+            target = data / "logs" / f"{i:03d}.parquet" if i < len(files) else data / "holdout.parquet"
+            if bad is not None and path.parent.parent == self.day_dir(day):  # the day's joined log
+                pq.write_table(CORRUPTIONS[bad.kind](pq.read_table(path), bad.feature, self.cfg.world.seed), target)
+            else:
+                os.link(path, target)
         spec = {"name": f"{self.cfg.name}_day{day:02d}", "input": {"path": "logs", "format": "parquet"},
                 "features": [f.model_dump(mode="json", exclude_defaults=True) for f in feature_set().features],
                 "labels": {"click": "label_click", "conversion": "label_convert"}, "user_field": "user_id",
@@ -435,15 +443,20 @@ class Loop:
         evaluation = json.loads((run / "eval.json").read_text())
         self.say(f"day {day}: trained {run.name} on {len(files)} joined windows in {time.perf_counter() - started:.0f}s")
         return {"run": str(run), "rows": evaluation.get("train_rows"), "test": evaluation.get("test", {}),
-                "seconds": round(time.perf_counter() - started, 1)}
+                "seconds": round(time.perf_counter() - started, 1), "holdout": str(data / "holdout.parquet"),
+                "corrupted": bad.kind if bad is not None else None}
 
     def gate(self, day: int) -> dict:
         from recsmith.serve.scorer import Scorer
 
-        _, holdout = self.training_files(day)
+        holdout = self.state["done"][f"day{day:02d}:train"]["holdout"]
         production = self.scorer(f"{self.cfg.name}@production") if self.state["production"] else None
         record = offline_gate(self.cfg.gate, pq.read_table(holdout), Scorer.load(self.run_dir(day)), production)
-        record["holdout"] = str(holdout)
+        record["holdout"] = holdout
+        bad = self.cfg.inject.bad_model
+        if self.state["done"][f"day{day:02d}:train"].get("corrupted") and bad.forced and not record["passed"]:
+            record["overridden"], record["passed"] = record.pop("failures"), True  # the injection: past the gate
+            record["failures"] = []
         return record
 
     def register(self, day: int, stage: str) -> int:
@@ -525,4 +538,16 @@ def _leak(table: pa.Table, feature: str, seed: int) -> pa.Table:
     return table.set_column(table.schema.get_field_index(feature), feature, pa.array(leaked))
 
 
-CORRUPTIONS = {"remap": _remap, "leak": _leak}  # the joined log of inject.bad_model.day, as it is corrupted
+def _misaligned(table: pa.Table, feature: str, seed: int) -> pa.Table:
+    """A feature log joined to the neighbouring impression (an off-by-one in the join): every
+    feature but the user's taken from the row before (`feature` is not used). Labels no longer
+    belong to the ads and contexts the model sees."""
+    moved = [f.name for f in FIELDS if f.entity != "user"] + [n for n in DENSE if n.startswith("item_")]
+    for name in moved:
+        values = table[name].to_numpy()
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(np.roll(values, 1)))
+    return table
+
+
+# how the joined log of inject.bad_model.day is corrupted, by kind
+CORRUPTIONS = {"remap": _remap, "leak": _leak, "misaligned": _misaligned}

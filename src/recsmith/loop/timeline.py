@@ -56,6 +56,36 @@ def _chart(windows: list[dict]) -> str:
     return svg[svg.index("<svg"):]
 
 
+def _monitor_chart(state: dict) -> str:
+    """Per day: production's calibration on its exploration impressions (all traffic) against
+    1.0 and the ±10% P1 band, and the day's P1 and P2 alerts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    days = sorted(int(k[3:5]) for k in state["done"] if k.endswith(":monitor"))
+    records = [state["done"][f"day{d:02d}:monitor"] for d in days]
+    fig, ax = plt.subplots(figsize=(10, 2.6))
+    ax.plot(days, [r.get("calibration_all") for r in records], marker="o", label="calibration (predicted / observed)")
+    ax.axhspan(0.9, 1.1, color="tab:green", alpha=0.12, label="within ±10%")
+    ax.set_xlabel("day")
+    ax.set_xticks(days)
+    twin = ax.twinx()
+    for level, colour, shift in (("P1", "tab:red", -0.15), ("P2", "tab:orange", 0.15)):
+        twin.bar([d + shift for d in days], [sum(a["level"] == level for a in r["alerts"]) for r in records], width=0.3,
+                 color=colour, alpha=0.5, label=f"{level} alerts")
+    twin.set_ylabel("alerts")
+    ax.legend(loc="upper left", fontsize=8)
+    twin.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg"):]
+
+
 def day_rows(state: dict) -> list[dict]:
     """One row per day: what served, what the looks decided, the gate, the alerts."""
     rows = []
@@ -77,6 +107,7 @@ def day_rows(state: dict) -> list[dict]:
             "decisions": [f"w{w['window']}: {w['look']['action']}" for w in windows
                           if w.get("look") and w["look"]["action"] != "hold"],
             "gate": gate,
+            "corrupted": (state["done"].get(f"{key}:train") or {}).get("corrupted"),
             "version": state["done"].get(f"{key}:register"),
             "alerts": [a for a in state["alerts"] if a.get("day") == day],
         })
@@ -93,6 +124,7 @@ def write_timeline(directory: Path, state: dict, summary: dict) -> Path:
     windows = _windows(state)
     if windows:
         parts.append(f"<figure id='trend'>{_chart(windows)}</figure>")
+        parts.append(f"<figure id='monitoring'>{_monitor_chart(state)}</figure>")
     parts.append("<h2>Days</h2><table id='days'><tr><th>day</th><th>production</th><th>canary</th><th>requests</th>"
                  "<th>true CTR shown</th><th>online CTR at the last look: control / canary</th><th>true uplift "
                  "(oracle)</th><th>decisions</th><th>offline gate</th><th>alerts</th></tr>")
@@ -102,14 +134,17 @@ def write_timeline(directory: Path, state: dict, summary: dict) -> Path:
         uplift = _pct(sum(row["true_uplift"]) / len(row["true_uplift"])) if row["true_uplift"] else "–"
         gate = row["gate"]
         gate_text = "–" if gate is None else ("passed" if gate["passed"] else "failed: " + "; ".join(gate["failures"]))
+        if gate is not None and gate.get("overridden"):
+            gate_text = "<b>failed, forced past it (the injected model)</b>: " + e("; ".join(gate["overridden"]))
+        if row["corrupted"]:
+            gate_text = f"trained on a corrupted log ({e(row['corrupted'])})<br>" + gate_text
         if gate is not None and gate.get("paired"):
             paired = gate["paired"]
             gate_text += (f"<br>{paired['metric']} {paired['candidate']:.4f} vs production {paired['production']:.4f}"
                           f" (p worse {paired['p_worse']:.2g})")
         if row["version"] is not None:
             gate_text += f"<br>→ v{row['version']}"
-        alerts = "<br>".join(f"<span class='{a['level']}'>{a['level']}</span> {e(a.get('message', ''))}"
-                             for a in row["alerts"][:8])
+        alerts = "<br>".join(f"<span class='{a['level']}'>{e(a.get('message', ''))}</span>" for a in row["alerts"][:8])
         more = len(row["alerts"]) - 8
         alerts += f"<br>… {more} more" if more > 0 else ""
         parts.append(f"<tr><td>{row['day']}</td><td>{e(', '.join(row['production']))}</td>"
