@@ -138,6 +138,10 @@ def test_a_clear_harm_a_miscalibrated_canary_or_a_broken_split_rolls_back_at_any
     miscalibrated = decide(release, STAGES, RELEASE, *report(0.05, 0.05, canary_n=600, control_n=11_400,
                                                              canary_calibration=1.6))
     assert miscalibrated.action == "rollback" and miscalibrated.reason.startswith("P1: the canary's calibration")
+    drifting = calibration_test(np.full(20_000, 0.05 * 1.6), (np.arange(20_000) < 1000).astype(float))
+    shared = decide(release, STAGES, RELEASE, *report(0.05, 0.05, canary_n=600, control_n=11_400,
+                                                      canary_calibration=1.6), drifting)
+    assert shared.action == "hold"  # production is as far off: the world drifted, not the candidate
     skewed = decide(release, STAGES, RELEASE, *report(0.05, 0.05, canary_n=1500, control_n=8_500))  # 15% for 5%
     assert skewed.action == "rollback" and skewed.reason.startswith("sample ratio mismatch")
     regression = decide(release, STAGES, RELEASE, *report(0.05, 0.040, canary_n=2000, control_n=38_000))

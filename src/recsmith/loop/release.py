@@ -54,23 +54,31 @@ def one_sided_worse(report: ABReport) -> float:
     return 0.5 * math.erfc(-report.ctr.z / math.sqrt(2.0))
 
 
-def canary_p1(calibration: CalibrationResult) -> Optional[str]:
-    if calibration_off(calibration):
-        return (f"P1: the canary's calibration (predicted / observed CTR) on its exploration impressions is "
-                f"{calibration_ratio(calibration):.3f}, off 1.0 by more than {CALIBRATION_ERROR_P1:.0%} "
-                f"(p = {calibration.p_value:.2g})")
-    return None
+def canary_p1(calibration: CalibrationResult, control: Optional[CalibrationResult] = None) -> Optional[str]:
+    """The canary's calibration P1: off 1.0 by more than 10% (by the calibration test), unless
+    production on the same traffic is off as much (within 10% of the canary's ratio): then the
+    drift is the world's, which a retrain fixes, not the candidate's fault."""
+    if not calibration_off(calibration):
+        return None
+    ratio = calibration_ratio(calibration)
+    if control is not None and calibration_off(control) and \
+            abs(ratio / calibration_ratio(control) - 1.0) <= CALIBRATION_ERROR_P1:
+        return None
+    return (f"P1: the canary's calibration (predicted / observed CTR) on its exploration impressions is "
+            f"{ratio:.3f}, off 1.0 by more than {CALIBRATION_ERROR_P1:.0%} (p = {calibration.p_value:.2g})"
+            + (f"; production's on the same traffic: {calibration_ratio(control):.3f}" if control is not None else ""))
 
 
-def decide(release: Release, stages, cfg, report: ABReport, calibration: CalibrationResult) -> Decision:
+def decide(release: Release, stages, cfg, report: ABReport, calibration: CalibrationResult,
+           control: Optional[CalibrationResult] = None) -> Decision:
     """The decision at one look: `stages` the plan, `cfg` the ReleaseConfig, `report` the A/B
     report of the stage's impressions so far (one per request: the ad the model chose),
     `calibration` the canary's on its exploration impressions (a random ad shown: a model's
-    prediction for the ad it chose is biased upwards, it won on it)."""
+    prediction for the ad it chose is biased upwards, it won on it), `control` production's there."""
     stage = stages[release.stage]
     in_stage = report.canary.impressions
     worse = one_sided_worse(report)
-    alarm = canary_p1(calibration)
+    alarm = canary_p1(calibration, control)
     if alarm:
         return Decision("rollback", alarm)
     if report.srm is not None and report.srm.mismatch:

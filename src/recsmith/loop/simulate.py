@@ -349,7 +349,8 @@ class Loop:
             explored[name] = arm_summary(probs[random], clicks[random], conversions[random])
         report = compare_arms(arms["control"], arms["canary"], margin=stage.margin if stage.rule == "noninferior" else 0.0,
                               shares={"control": 1.0 - share, "canary": share})
-        decision = decide(release, self.cfg.release.stages, self.cfg.release, report, explored["canary"].calibration)
+        decision = decide(release, self.cfg.release.stages, self.cfg.release, report, explored["canary"].calibration,
+                          explored["control"].calibration)
         release = apply(release, decision, self.cfg.release.stages,
                         {"day": day, "window": window, "window_key": [day, window], "oracle": oracle,
                          "ab": report.to_dict()})
