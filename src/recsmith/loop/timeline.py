@@ -30,6 +30,18 @@ def _windows(state: dict) -> list[dict]:
     return [v for k, v in sorted(done.items()) if ":serve:w" in k]
 
 
+def _inline_svg(fig) -> str:
+    """A matplotlib figure as an inline <svg> element, closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg"):]
+
+
 def _chart(windows: list[dict]) -> str:
     """True CTR of the shown ads per window (all traffic), with the canary's share."""
     import matplotlib
@@ -48,12 +60,7 @@ def _chart(windows: list[dict]) -> str:
     twin.set_ylabel("canary share")
     ax.legend(loc="upper left", fontsize=8)
     twin.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg")
-    plt.close(fig)
-    svg = buffer.getvalue()
-    return svg[svg.index("<svg"):]
+    return _inline_svg(fig)
 
 
 def _monitor_chart(state: dict) -> str:
@@ -78,12 +85,7 @@ def _monitor_chart(state: dict) -> str:
     twin.set_ylabel("alerts")
     ax.legend(loc="upper left", fontsize=8)
     twin.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg")
-    plt.close(fig)
-    svg = buffer.getvalue()
-    return svg[svg.index("<svg"):]
+    return _inline_svg(fig)
 
 
 def day_rows(state: dict) -> list[dict]:
