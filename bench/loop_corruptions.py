@@ -54,11 +54,15 @@ def main() -> None:
     requests = DayWorld(cfg.world, args.day + 1).requests(args.requests, cfg.world.candidates)
     table = pa.table(raw_columns(requests, np.arange(requests.n * requests.k)))
 
-    def worth(run: Path) -> float:
-        return float(requests.true_ctr[requests.top(Scorer.load(run).predict_table(table)["ctr"])].mean())
+    def worth(run: Path) -> dict:
+        """The true CTR of the model's top ads, and its true calibration on random ads."""
+        predicted = Scorer.load(run).predict_table(table)["ctr"]
+        return {"true_ctr": float(requests.true_ctr[requests.top(predicted)].mean()),
+                "true_calibration": float(predicted.sum() / requests.true_ctr.sum())}
 
-    results = {"loop": str(args.loop), "day": args.day, "steps": args.steps, "production_true_ctr": worth(production),
-               "kinds": {}}
+    base = worth(production)
+    results = {"loop": str(args.loop), "day": args.day, "steps": args.steps, "production_true_ctr": base["true_ctr"],
+               "production_true_calibration": base["true_calibration"], "kinds": {}}
     work = Path(tempfile.mkdtemp())
     try:
         for kind in args.kind:
@@ -81,9 +85,11 @@ def main() -> None:
             if done.returncode != 0:
                 raise SystemExit(done.stderr[-3000:])
             value = worth(data / "run")
-            results["kinds"][kind] = {"true_ctr": value, "true_uplift": value / results["production_true_ctr"] - 1}
-            print(f"{kind}: true CTR of the top ad {value:.5f}, {results['kinds'][kind]['true_uplift']:+.1%} against "
-                  "production", flush=True)
+            value["true_uplift"] = value["true_ctr"] / base["true_ctr"] - 1
+            results["kinds"][kind] = value
+            print(f"{kind}: true CTR of the top ad {value['true_ctr']:.5f}, {value['true_uplift']:+.1%} against "
+                  f"production; true calibration on random ads {value['true_calibration']:.3f} (production "
+                  f"{base['true_calibration']:.3f})", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -142,6 +142,15 @@ def test_a_clear_harm_a_miscalibrated_canary_or_a_broken_split_rolls_back_at_any
     shared = decide(release, STAGES, RELEASE, *report(0.05, 0.05, canary_n=600, control_n=11_400,
                                                       canary_calibration=1.6), drifting)
     assert shared.action == "hold"  # production is as far off: the world drifted, not the candidate
+    less = calibration_test(np.full(20_000, 0.05 * 1.3), (np.arange(20_000) < 1000).astype(float))
+    further = decide(release, STAGES, RELEASE, *report(0.05, 0.05, canary_n=600, control_n=11_400,
+                                                       canary_calibration=1.6), less)
+    assert further.action == "rollback" and "production's on the same traffic is 1.300" in further.reason
+    # off by 40% on 1,000 exploration rows (98 clicks expected, 70 seen): p ≈ 0.003, below the monitor's
+    # 0.01 but not the safety boundary every look must pass (0.001)
+    noisy = calibration_test(np.full(1000, 0.098), (np.arange(1000) < 70).astype(float))
+    assert 0.001 < noisy.p_value < 0.01
+    assert decide(release, STAGES, RELEASE, report(0.05, 0.05, canary_n=600, control_n=11_400)[0], noisy).action == "hold"
     skewed = decide(release, STAGES, RELEASE, *report(0.05, 0.05, canary_n=1500, control_n=8_500))  # 15% for 5%
     assert skewed.action == "rollback" and skewed.reason.startswith("sample ratio mismatch")
     regression = decide(release, STAGES, RELEASE, *report(0.05, 0.040, canary_n=2000, control_n=38_000))

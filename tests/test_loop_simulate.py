@@ -69,10 +69,8 @@ def test_a_killed_loop_resumes_and_finishes_every_step_once(tmp_path):
     assert versions[0]["stage"] in ("production", "archived") and done["day00:gate"]["passed"]
     # the feature failure on day 2: a P1 on exactly that slice and feature
     failures = [a for a in state["alerts"] if a["day"] == 2 and a["metric"] == "missing_rate_increase"]
-    # (on slices of a few dozen rows, a slice of another field whose rows are all device_os=1
-    # is as far off and is raised too)
-    assert ("P1", "device_os=1", "user_hist_ctr") in [(a["level"], a["slice"], a["feature"]) for a in failures]
-    assert all(a["feature"] == "user_hist_ctr" and a["slice"] != "all" for a in failures)
+    # (slices of other fields made mostly of device_os=1 rows are as far off: explained away)
+    assert [(a["level"], a["slice"], a["feature"]) for a in failures] == [("P1", "device_os=1", "user_hist_ctr")]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["decisions"] >= 1 and 0 <= summary["decisions_agreeing_with_oracle"] <= summary["decisions"]
     # a scheduler's unit of work: a step already done answers its recorded result and changes nothing

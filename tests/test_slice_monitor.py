@@ -98,6 +98,43 @@ def test_a_feature_nulled_on_one_slot_is_a_p1_on_that_slot_and_feature_only(refe
     assert not raised(monitor_slices(reference, zeros, SLICES, FEATURES), "missing_rate_increase")  # 0 is a value
 
 
+def test_a_small_failing_slice_is_named_and_a_slice_made_of_its_rows_is_explained_away(reference):
+    """device_os=1 (300 rows) loses user_city; nine in ten of its rows are on slot 4, which is
+    otherwise empty: slot=4 crosses too, and its rest of slot does not, but outside device_os=1
+    slot 4 is clean, so it is explained by device_os=1. A 5-point rise on 300 rows passes the
+    noise test; the same rate on a few rows does not."""
+    current = impressions(8)
+    current["slot"] = np.where(current["slot"] == 4, 1, current["slot"])
+    current["device_os"] = np.where(current["device_os"] == 1, 2, current["device_os"])
+    chosen = np.random.default_rng(0).choice(current["slot"].size, 300, replace=False)
+    current["device_os"][chosen] = 1
+    current["slot"][chosen[:270]] = 4
+    current["slot"][chosen[270:]] = 2
+    report = monitor_slices(table(reference), table(current, {"user_city": current["device_os"] == 1}), SLICES, FEATURES)
+    [p1] = raised(report, "missing_rate_increase")
+    assert (p1.slice_field, p1.slice_value, p1.feature, p1.level) == ("device_os", 1, "user_city", "P1")
+    slot4 = next(a for a in report.suppressed if a.slice == "slot=4" and a.metric == "missing_rate_increase")
+    assert slot4.why_not_raised == "explained by the alert on device_os=1"
+    assert report.slice("slot", 4).features["user_city"].missing_increase == pytest.approx(1.0)
+    assert report.slice("device_os", 1).features["user_city"].missing_increase_pvalue < 1e-12
+
+    # without the explaining away, slot=4 is raised beside it (localize off: every crossing slice)
+    plain = [r.model_copy(update={"localize": False}) for r in DEFAULT_RULES if r.metric == "missing_rate_increase"]
+    unexplained = monitor_slices(table(reference), table(current, {"user_city": current["device_os"] == 1}), SLICES,
+                                 FEATURES, plain)
+    assert {a.slice for a in unexplained.alerts} >= {"device_os=1", "slot=4"}
+
+    # the noise test: 4 of 40 rows missing (10 points, z = 2.05) is not significant at p < 0.01
+    few = DEFAULT_RULES[1].model_copy(update={"min_rows": 0})
+    gone = np.arange(40) < 4
+    small = (table(impressions(10, rows=40)), table(impressions(9, rows=40), {"user_city": gone}), [], FEATURES)
+    quiet = monitor_slices(*small, [few])
+    assert quiet.slice("all").features["user_city"].missing_increase == pytest.approx(0.10)
+    assert quiet.slice("all").features["user_city"].missing_increase_pvalue == pytest.approx(0.0202, abs=1e-3)
+    assert quiet.alerts == []
+    assert len(monitor_slices(*small, [few.model_copy(update={"max_pvalue": None})]).alerts) == 1
+
+
 def test_calibrated_data_raises_no_calibration_alert_on_any_slice(reference):
     current = table(impressions(3))
     report = monitor_slices(table(reference), current, SLICES, FEATURES)

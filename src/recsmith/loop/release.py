@@ -13,8 +13,9 @@ level `alpha`:
     and rolls back after `max_horizons` inconclusive horizons.
 Before the horizon, every look may only stop for clear harm (Haybittle–Peto): the canary's
 CTR lower with one-sided p < `safety_alpha` (0.001), or a P1 alert on the canary (its
-calibration off by more than 10%, significantly). So the decision's error rate stays the
-stated alpha, however often the loop looks.
+calibration on exploration impressions off 1.0 by more than 10% with p < `safety_alpha`,
+and further off than production's there by more than 10 points). So the decision's error
+rate stays the stated alpha, however often the loop looks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
 from recsmith.metrics.ab import ABReport, CalibrationResult
-from recsmith.monitor.check import CALIBRATION_ERROR_P1, calibration_off, calibration_ratio
+from recsmith.monitor.check import CALIBRATION_ALPHA, CALIBRATION_ERROR_P1, calibration_off, calibration_ratio
 
 Action = Literal["hold", "advance", "promote", "rollback"]
 
@@ -54,19 +55,22 @@ def one_sided_worse(report: ABReport) -> float:
     return 0.5 * math.erfc(-report.ctr.z / math.sqrt(2.0))
 
 
-def canary_p1(calibration: CalibrationResult, control: Optional[CalibrationResult] = None) -> Optional[str]:
-    """The canary's calibration P1: off 1.0 by more than 10% (by the calibration test), unless
-    production on the same traffic is off as much (within 10% of the canary's ratio): then the
-    drift is the world's, which a retrain fixes, not the candidate's fault."""
-    if not calibration_off(calibration):
+def canary_p1(calibration: CalibrationResult, control: Optional[CalibrationResult] = None,
+              alpha: float = CALIBRATION_ALPHA) -> Optional[str]:
+    """The canary's calibration P1: off 1.0 by more than 10%, the calibration test's p below
+    `alpha` (`decide` passes the safety boundary: it is asked at every look), and further off
+    than production on the same traffic by more than 10 points. Production as far off means
+    the world drifted (the monitor's P1 on production asks for a retrain), not that the
+    candidate is worse."""
+    if not calibration_off(calibration, alpha=alpha):
         return None
     ratio = calibration_ratio(calibration)
-    if control is not None and calibration_off(control) and \
-            abs(ratio / calibration_ratio(control) - 1.0) <= CALIBRATION_ERROR_P1:
+    theirs = calibration_ratio(control) if control is not None else math.nan
+    if math.isfinite(theirs) and abs(ratio - 1.0) <= abs(theirs - 1.0) + CALIBRATION_ERROR_P1:
         return None
     return (f"P1: the canary's calibration (predicted / observed CTR) on its exploration impressions is "
-            f"{ratio:.3f}, off 1.0 by more than {CALIBRATION_ERROR_P1:.0%} (p = {calibration.p_value:.2g})"
-            + (f"; production's on the same traffic: {calibration_ratio(control):.3f}" if control is not None else ""))
+            f"{ratio:.3f}, off 1.0 by more than {CALIBRATION_ERROR_P1:.0%} (p = {calibration.p_value:.2g} < {alpha:g})"
+            + (f", and production's on the same traffic is {theirs:.3f}" if control is not None else ""))
 
 
 def decide(release: Release, stages, cfg, report: ABReport, calibration: CalibrationResult,
@@ -78,7 +82,7 @@ def decide(release: Release, stages, cfg, report: ABReport, calibration: Calibra
     stage = stages[release.stage]
     in_stage = report.canary.impressions
     worse = one_sided_worse(report)
-    alarm = canary_p1(calibration, control)
+    alarm = canary_p1(calibration, control, cfg.safety_alpha)
     if alarm:
         return Decision("rollback", alarm)
     if report.srm is not None and report.srm.mismatch:

@@ -385,14 +385,18 @@ class Loop:
 
     def oracle(self, requests: Requests, production: str, canary: str) -> dict:
         """What the canary's choices are truly worth: both models score every request of the
-        window (not only the ones they served), the true CTR of each one's top ad compared."""
+        window (not only the ones they served), the true CTR of each one's top ad compared; and
+        each one's true calibration on random ads (Σ predicted / Σ true CTR over every candidate),
+        what the exploration impressions estimate."""
         table = pa.table(raw_columns(requests, np.arange(requests.n * requests.k)))
-        worth = {}
+        worth, calibration = {}, {}
         for name, ref in (("production", production), ("canary", canary)):
-            top = requests.top(self.scorer(ref).predict_table(table)["ctr"])
-            worth[name] = float(requests.true_ctr[top].mean())
+            predicted = self.scorer(ref).predict_table(table)["ctr"]
+            worth[name] = float(requests.true_ctr[requests.top(predicted)].mean())
+            calibration[name] = float(predicted.sum() / requests.true_ctr.sum())
         return {**{f"true_ctr_{k}": v for k, v in worth.items()},
-                "true_uplift": worth["canary"] / worth["production"] - 1.0}
+                "true_uplift": worth["canary"] / worth["production"] - 1.0,
+                **{f"true_calibration_{k}": v for k, v in calibration.items()}}
 
     # ------------------------------------------------------------------ training
     def training_files(self, day: int) -> tuple[list[Path], Path]:
@@ -495,16 +499,25 @@ class Loop:
                 continue  # registered on the last day, never served
             uplift = float(np.mean(uplifts))
             good = uplift >= -ORACLE_TOLERANCE
+            calibration = {arm: _mean([h["oracle"].get(f"true_calibration_{arm}") for h in release["history"]
+                                       if h.get("oracle")]) for arm in ("canary", "production")}
             for h in release["history"]:
                 if h["action"] == "hold":
                     continue
                 total += 1
                 agreed += int(good if h["action"] in ("advance", "promote") else not good)
             rows.append({"version": release["version"], "status": release["status"], "true_uplift": uplift,
-                         "truly_good": bool(good), "decisions": [(h["day"], h["window"], h["action"])
-                                                                 for h in release["history"] if h["action"] != "hold"]})
+                         "truly_good": bool(good), "true_calibration": calibration["canary"],
+                         "production_true_calibration": calibration["production"],
+                         "decisions": [(h["day"], h["window"], h["action"]) for h in release["history"]
+                                       if h["action"] != "hold"]})
         return {"releases": rows, "decisions": total, "decisions_agreeing_with_oracle": agreed,
                 "production": self.state["production"], "alerts": len(self.state["alerts"])}
+
+
+def _mean(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def _finite(values: dict) -> dict:

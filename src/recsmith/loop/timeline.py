@@ -116,6 +116,10 @@ def day_rows(state: dict) -> list[dict]:
     return rows
 
 
+def _ratio(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def write_timeline(directory: Path, state: dict, summary: dict) -> Path:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>recsmith loop timeline</title>"
@@ -154,7 +158,8 @@ def write_timeline(directory: Path, state: dict, summary: dict) -> Path:
                      f"<td>{_pct(row['true_ctr_shown'])}</td><td>{online}</td><td>{uplift}</td>"
                      f"<td>{e(', '.join(row['decisions'])) or '–'}</td><td>{gate_text}</td><td>{alerts or '–'}</td></tr>")
     parts.append("</table><h2>Releases</h2><table id='releases'><tr><th>version</th><th>status</th><th>true uplift"
-                 "</th><th>by the oracle</th><th>decisions</th></tr>")
+                 "</th><th>by the oracle</th><th>true calibration on random ads: canary / production</th>"
+                 "<th>decisions</th></tr>")
     releases = list(state["releases"]) + ([state["release"]] if state["release"] else [])
     truth = {r["version"]: r for r in summary["releases"]}
     for release in releases:
@@ -164,7 +169,8 @@ def write_timeline(directory: Path, state: dict, summary: dict) -> Path:
         verdict = "good" if known.get("truly_good") else "bad"
         parts.append(f"<tr><td>v{release['version']}</td><td>{release['status']}</td>"
                      f"<td>{_pct(known.get('true_uplift'))}</td><td class='{verdict}'>{verdict}</td>"
-                     f"<td>{steps or '–'}</td></tr>")
+                     f"<td>{_ratio(known.get('true_calibration'))} / {_ratio(known.get('production_true_calibration'))}"
+                     f"</td><td>{steps or '–'}</td></tr>")
     parts.append("</table></body></html>")
     path = Path(directory) / "timeline.html"
     write_text_atomic(path, "\n".join(parts))

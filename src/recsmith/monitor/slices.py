@@ -24,16 +24,18 @@ Per slice (each value of each slice field, and all traffic: field and value "all
 
 Alert rules (`AlertRule`, YAML-able; `load_rules`) say which measure crosses what:
   * calibration: |Σp / Σy − 1| > above, and the z-test's p < max_pvalue;
-  * missing_rate_increase: current − reference missing rate > above (absolute: 0.05 is 5 points);
+  * missing_rate_increase: current − reference missing rate > above (absolute: 0.05 is 5 points),
+    and a one-sided pooled two-proportion z-test of the rise gives p < max_pvalue;
   * psi: PSI ≥ above (as `drift.psi_status`);
   * auc_drop: relative AUC drop > above, and the Hanley–McNeil p < max_pvalue;
   * importance_change: |Δ permutation importance| > above (`importance_drift`, all traffic).
 A rule applies to a slice with at least `min_rows` rows on each side it reads (labelled rows
 for the task measures). Defaults (`DEFAULT_RULES`), the house rules: calibration off by more
-than 10% → P1; a feature's missing rate up by more than 5 points → P1 (on one slice: a
-feature pipeline failed for that traffic); PSI ≥ 0.25 → P2; AUC relative drop > 1% → P2;
-permutation importance changed by more than 0.05 (AUC) → P2 (on 2,000 rows one estimate
-varies by about 0.015–0.02 from sample to sample, so a smaller change is mostly noise).
+than 10% → P1 (1,000 rows); a feature's missing rate up by more than 5 points → P1 (on one
+slice: a feature pipeline failed for that traffic; 200 rows, as the test guards the noise);
+PSI ≥ 0.25 → P2; AUC relative drop > 1% → P2; permutation importance changed by more than
+0.05 (AUC) → P2 (on 2,000 rows one estimate varies by about 0.015–0.02 from sample to
+sample, so a smaller change is mostly noise).
 
 Localisation (a rule's `localize`, on by default): a problem on one slice shows, diluted, in
 every slice of the other fields and in all traffic (a feature nulled on slot 3 raises the
@@ -42,8 +44,11 @@ field's traffic does not cross the threshold (by size: a smaller rest has less p
 its z-test is not asked), or when the slice is worse than that rest by more than the
 threshold (for calibration: its ratio differs from the rest's by more than `above`); all
 traffic raises one when no slice did, or when the traffic outside the slices that did
-still crosses the threshold. Crossings explained that way are kept in `SliceReport.suppressed`,
-each with why; every measure of every slice is in `SliceReport.slices` either way.
+still crosses the threshold. Of slices of different fields that pass, the worst (on a tie the
+largest) is kept first, and a slice whose rows outside the kept slices of other fields no
+longer cross is explained by them (a slot made mostly of a failing device_os's rows).
+Crossings explained either way are kept in `SliceReport.suppressed`, each with why; every
+measure of every slice is in `SliceReport.slices` either way.
 
 Over time: `trend` turns per-day reports into per-(slice, metric) series, and `plot_trends`
 draws them (matplotlib, Agg) into a PNG or an SVG string.
@@ -67,7 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recsmith.errors import ConfigError, DataError
 from recsmith.metrics.auc import auc
 from recsmith.monitor import drift
-from recsmith.metrics.ab import calibration_test
+from recsmith.metrics.ab import calibration_test, compare_proportions
 from recsmith.monitor.check import CALIBRATION_ALPHA, CALIBRATION_ERROR_P1, LEVELS, calibration_ratio
 
 ALL = "all"  # the slice field and value of all traffic
@@ -76,6 +81,7 @@ Table = pa.Table | Mapping[str, np.ndarray]
 Metric = Literal["calibration", "missing_rate_increase", "psi", "auc_drop", "importance_change"]
 FEATURE_METRICS = ("missing_rate_increase", "psi")
 TASK_METRICS = ("calibration", "auc_drop")
+TESTED_METRICS = ("calibration", "auc_drop", "missing_rate_increase")  # behind a noise test (max_pvalue)
 
 
 # ------------------------------------------------------------------------ rules
@@ -88,7 +94,7 @@ class AlertRule(BaseModel):
     above: float = Field(ge=0)  # the threshold (calibration: |ratio − 1|; PSI alerts at ≥, the others above)
     level: Literal["P1", "P2"]
     min_rows: int = Field(default=1000, ge=0)  # rows each side needs (labelled rows for task measures)
-    max_pvalue: Optional[float] = Field(default=CALIBRATION_ALPHA, gt=0, le=1)  # calibration, auc_drop; None: no test
+    max_pvalue: Optional[float] = Field(default=CALIBRATION_ALPHA, gt=0, le=1)  # TESTED_METRICS; None: no test
     localize: bool = True  # name the slice a problem comes from, not every slice it leaks into
 
     def crosses(self, value: float | None) -> bool:
@@ -98,7 +104,7 @@ class AlertRule(BaseModel):
 
     def describe(self) -> str:
         sign = "≥" if self.metric == "psi" else ">"
-        test = f", p < {self.max_pvalue}" if self.max_pvalue is not None and self.metric in TASK_METRICS else ""
+        test = f", p < {self.max_pvalue}" if self.max_pvalue is not None and self.metric in TESTED_METRICS else ""
         rows = f", min_rows {self.min_rows}" if self.metric != "importance_change" else ""
         return f"{self.metric} {sign} {self.above:g} → {self.level}{rows}{test}"
 
@@ -111,7 +117,7 @@ class AlertRules(BaseModel):
 
 DEFAULT_RULES: tuple[AlertRule, ...] = (
     AlertRule(metric="calibration", above=CALIBRATION_ERROR_P1, level="P1", min_rows=1000),
-    AlertRule(metric="missing_rate_increase", above=0.05, level="P1", min_rows=1000),
+    AlertRule(metric="missing_rate_increase", above=0.05, level="P1", min_rows=200),
     AlertRule(metric="psi", above=drift.PSI_MAJOR, level="P2", min_rows=2000),
     AlertRule(metric="auc_drop", above=drift.AUC_DROP_P1, level="P2", min_rows=5000),
     AlertRule(metric="importance_change", above=0.05, level="P2"),
@@ -149,6 +155,7 @@ class FeatureStats:
     missing_reference: float | None  # None: no reference rows in the slice
     missing_current: float | None
     missing_increase: float | None  # current − reference (absolute)
+    missing_increase_pvalue: float | None  # one-sided pooled two-proportion z-test of the rise
     psi: float | None  # against the reference's same slice
 
 
@@ -366,8 +373,12 @@ class _Measure:
         if ref.size and cur.size:
             bins = drift.CategoryBins.fit(ref, self.top_k) if categorical else drift.QuantileBins.fit(ref)
             psi = drift.psi(ref, cur, bins)
-        increase = miss_c - miss_r if miss_c is not None and miss_r is not None else None
-        return FeatureStats(name, kind, miss_r, miss_c, increase, psi)
+        increase = pvalue = None
+        if miss_c is not None and miss_r is not None:
+            increase = miss_c - miss_r
+            rise = compare_proportions(round(miss_r * ref.size), ref.size, round(miss_c * cur.size), cur.size)
+            pvalue = 0.5 * math.erfc(rise.z / math.sqrt(2.0))  # one-sided: P(Z ≥ z)
+        return FeatureStats(name, kind, miss_r, miss_c, increase, pvalue, psi)
 
     def _task(self, task: str, r: np.ndarray, c: np.ndarray) -> TaskStats:
         empty = (np.empty(0), np.empty(0))
@@ -417,10 +428,13 @@ def _value(rule: AlertRule, stats: SliceStats, key: str) -> float | None:
 
 
 def _significant(rule: AlertRule, stats: SliceStats, key: str) -> bool:
-    if rule.max_pvalue is None or rule.metric in FEATURE_METRICS:
+    if rule.max_pvalue is None or rule.metric not in TESTED_METRICS:
         return True
-    t = stats.tasks[key]
-    pvalue = t.calibration_pvalue if rule.metric == "calibration" else t.auc_drop_pvalue
+    if rule.metric == "missing_rate_increase":
+        pvalue = stats.features[key].missing_increase_pvalue
+    else:
+        t = stats.tasks[key]
+        pvalue = t.calibration_pvalue if rule.metric == "calibration" else t.auc_drop_pvalue
     return pvalue is not None and pvalue < rule.max_pvalue
 
 
@@ -509,6 +523,7 @@ def _evaluate(rules: list[AlertRule], slices: list[SliceStats], masks: dict, mea
                     suppressed.append(_alert(rule, s, key, day, f"the rest of {s.field} crosses the rule as well "
                                                                 f"(value {_value(rule, rest, key):.4g}), "
                                                                 f"and {s.label} is not worse by more than {rule.above:g}"))
+            named = _explain_away(rule, key, named, masks, measure, day, suppressed)
             raised += [_alert(rule, s, key, day) for s in named]
             if not _crosses(rule, whole, key):
                 continue
@@ -522,6 +537,29 @@ def _evaluate(rules: list[AlertRule], slices: list[SliceStats], masks: dict, mea
                     continue
             raised.append(_alert(rule, whole, key, day))
     return _worst(raised), suppressed
+
+
+def _explain_away(rule: AlertRule, key: str, named: list[SliceStats], masks: dict, measure: _Measure,
+                  day: str | None, suppressed: list[Alert]) -> list[SliceStats]:
+    """Of slices of different fields that all cross, keep the ones the others do not explain:
+    in order of the measure (worst first; on a tie, the larger slice first), a slice whose rows
+    outside the slices of other fields already kept no longer cross is explained by them (a
+    slot made mostly of the failing device_os's traffic is not a second problem)."""
+    if not rule.localize or len({s.field for s in named}) < 2:
+        return named
+    kept: list[SliceStats] = []
+    for s in sorted(named, key=lambda s: (-_value(rule, s, key), -s.rows)):
+        others = [k for k in kept if k.field != s.field]
+        if others:
+            r, c = masks[(s.field, s.value)]
+            r = r & ~np.logical_or.reduce([masks[(k.field, k.value)][0] for k in others])
+            c = c & ~np.logical_or.reduce([masks[(k.field, k.value)][1] for k in others])
+            if not _too_large(rule, measure.stats(s.field, s.value, r, c), key):
+                suppressed.append(_alert(rule, s, key, day, "explained by the alert on "
+                                         + ", ".join(k.label for k in others)))
+                continue
+        kept.append(s)
+    return [s for s in named if s in kept]
 
 
 def _worst(alerts: list[Alert]) -> list[Alert]:
