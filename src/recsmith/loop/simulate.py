@@ -152,18 +152,18 @@ class Loop:
         """One of the day's steps after serving (`recsmith loop step NAME --day D` calls it too):
         its recorded result when done, else run and recorded."""
         key = f"day{day:02d}"
-        needs = {"monitor": f"{key}:serve:w{self.cfg.world.windows_per_day - 1}",
-                 "train": f"{key}:serve:w{self.cfg.world.windows_per_day - 1}",
-                 "gate": f"{key}:train", "register": f"{key}:gate"}
-        if name not in needs:
-            raise ConfigError(f"loop step: '{name}' is not one of {', '.join(needs)}{did_you_mean(name, list(needs))}")
-        if day >= 1 and not self.state.done(needs[name]):
-            raise ConfigError(f"loop step {name} --day {day}: '{needs[name]}' is not done yet")
-        if name == "register" and not self.state["done"][needs[name]]["passed"]:
+        served = f"{key}:serve:w{self.cfg.world.windows_per_day - 1}"
+        steps = {"monitor": (served, lambda: self.monitor(day)),  # name → (the step it needs, what it runs)
+                 "train": (served, lambda: self.train(day, warm=day > 0)),
+                 "gate": (f"{key}:train", lambda: self.gate(day)),
+                 "register": (f"{key}:gate", lambda: self.register(day, "staging" if day > 0 else "production"))}
+        if name not in steps:
+            raise ConfigError(f"loop step: '{name}' is not one of {', '.join(steps)}{did_you_mean(name, list(steps))}")
+        needs, run = steps[name]
+        if day >= 1 and not self.state.done(needs):
+            raise ConfigError(f"loop step {name} --day {day}: '{needs}' is not done yet")
+        if name == "register" and not self.state["done"][needs]["passed"]:
             raise ConfigError(f"loop step register --day {day}: the candidate failed the offline gate")
-        run = {"monitor": lambda: self.monitor(day), "train": lambda: self.train(day, warm=day > 0),
-               "gate": lambda: self.gate(day),
-               "register": lambda: self.register(day, "staging" if day > 0 else "production")}[name]
         return self.state.run_step(f"{key}:{name}", run)
 
     def training_due(self, day: int) -> bool:

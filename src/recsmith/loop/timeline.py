@@ -30,6 +30,16 @@ def _windows(state: dict) -> list[dict]:
     return [v for k, v in sorted(done.items()) if ":serve:w" in k]
 
 
+def _subplots(height: float):
+    """(figure, axes) of a 10-inch-wide chart, drawn off-screen (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(10, height))
+
+
 def _inline_svg(fig) -> str:
     """A matplotlib figure as an inline <svg> element, closed."""
     import matplotlib.pyplot as plt
@@ -44,12 +54,7 @@ def _inline_svg(fig) -> str:
 
 def _chart(windows: list[dict]) -> str:
     """True CTR of the shown ads per window (all traffic), with the canary's share."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 3))
+    fig, ax = _subplots(3)
     x = list(range(len(windows)))
     ax.plot(x, [w["true_ctr_shown"] for w in windows], marker=".", label="true CTR of the shown ads")
     ax.set_xticks(x[:: max(1, len(x) // 14)], [f"d{w['day']}w{w['window']}" for w in windows][:: max(1, len(x) // 14)],
@@ -66,14 +71,9 @@ def _chart(windows: list[dict]) -> str:
 def _monitor_chart(state: dict) -> str:
     """Per day: production's calibration on its exploration impressions (all traffic) against
     1.0 and the ±10% P1 band, and the day's P1 and P2 alerts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     days = sorted(int(k[3:5]) for k in state["done"] if k.endswith(":monitor"))
     records = [state["done"][f"day{d:02d}:monitor"] for d in days]
-    fig, ax = plt.subplots(figsize=(10, 2.6))
+    fig, ax = _subplots(2.6)
     ax.plot(days, [r.get("calibration_all") for r in records], marker="o", label="calibration (predicted / observed)")
     ax.axhspan(0.9, 1.1, color="tab:green", alpha=0.12, label="within ±10%")
     ax.set_xlabel("day")
