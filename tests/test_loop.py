@@ -209,3 +209,20 @@ def test_the_world_drifts_day_by_day_and_repeats_itself():
     assert len(np.unique(day4.fields["user_id"])) > len(np.unique(day1.fields["user_id"]))  # new users
     top = day1.top(day1.true_ctr)
     assert day1.true_ctr[top].mean() > 1.5 * day1.true_ctr.mean()  # choosing well is worth a lot
+
+
+# ------------------------------------------------------------------ monitoring
+def test_importance_of_a_day_whose_exploration_rows_hold_one_label_is_not_measured():
+    """A small day can show no click on its few random ads: AUC, and so permutation importance,
+    is undefined there; the monitoring step notes it instead of failing (it did, on a tiny loop)."""
+    from recsmith.loop.monitoring import FEATURES, _importance
+
+    rng = np.random.default_rng(0)
+    table = pa.table({**{name: rng.integers(0, 5, 60) for name in FEATURES}, "label_click": np.zeros(60, np.int8)})
+    score = lambda t: np.asarray(t["user_id"], float)  # noqa: E731
+    assert _importance(score, table, rows=2000, seed=1) is None
+    assert _importance(score, table.slice(0, 0), rows=2000, seed=1) is None
+    clicked = table.set_column(table.schema.get_field_index("label_click"), "label_click",
+                               pa.array((np.arange(60) % 7 == 0).astype(np.int8)))
+    measured = _importance(score, clicked, rows=2000, seed=1)
+    assert set(measured) == set(FEATURES) and measured["item_id"] == 0.0

@@ -24,7 +24,8 @@ TINY_LOOP = {
     "name": "tiny_loop", "days": 2,
     "training": {"config": str(REPO / "configs" / "loop" / "model.yaml"), "bootstrap_steps": 200,
                  "daily_steps": 60, "window_days": 2, "freeze_days": 0},
-    "gate": {"min": {"auc_ctr": 0.5}, "calibration_tolerance": 5.0, "regression_alpha": 1e-9},  # not about the models
+    # not about the models: on 200 held-out rows a candidate's AUC can fall below 0.5 (it did), and then no release runs
+    "gate": {"min": {"auc_ctr": 0.05}, "calibration_tolerance": 5.0, "regression_alpha": 1e-9},
     "release": {"stages": [{"share": 0.2, "min_canary_requests": 40},
                            {"share": 0.4, "min_canary_requests": 80, "rule": "noninferior", "margin": 0.5}]},
     "world": {"requests_per_day": 600, "candidates": 4, "windows_per_day": 3, "bootstrap_impressions": 6000,
@@ -77,6 +78,11 @@ def test_a_killed_loop_resumes_and_finishes_every_step_once(tmp_path):
     before = state_file.read_bytes()
     step = run_cli("loop", "step", "monitor", "--day", "2", "--out", out)
     assert step.returncode == 0 and json.loads(step.stdout)["alerts"] == done["day02:monitor"]["alerts"]
+    assert state_file.read_bytes() == before
+    unknown = run_cli("loop", "step", "monitr", "--day", "2", "--out", out)
+    assert unknown.returncode != 0 and "'monitr' is not one of monitor, train, gate, register" in unknown.stderr
+    early = run_cli("loop", "step", "gate", "--day", "3", "--out", out)
+    assert early.returncode != 0 and "'day03:train' is not done yet" in early.stderr
     assert state_file.read_bytes() == before
     status = run_cli("loop", "status", out)
     assert status.returncode == 0 and "production: v" in status.stdout and "device_os=1" in status.stdout

@@ -8,8 +8,9 @@ Two looks, because the two kinds of measure need different rows:
     random candidate shown): on the ads a model chose, its predictions are biased upwards
     (it won on them), so calibration there would be off for a perfect model.
 Then the production model's permutation importance on both days' exploration impressions,
-and its drift. Day 1's reference is the bootstrap day (a random policy, no predictions):
-its inputs are compared, its quality is only measured against 1.0.
+and its drift (not measured, with a note, when a day's sample holds only one label). Day 1's
+reference is the bootstrap day (a random policy, no predictions): its inputs are compared,
+its quality is only measured against 1.0.
 """
 
 from __future__ import annotations
@@ -60,22 +61,34 @@ def monitor_day(loop, day: int) -> dict:
                              [r for r in rules if r.metric in QUALITY_METRICS], day=day, tasks=TASKS)
     scorer = loop.scorer(production)
     score = lambda table: scorer.predict_table(table)["ctr"]  # noqa: E731
-    importance = {name: permutation_importance(score, explored(side), "label_click", FEATURES,
-                                               rows=cfg.importance_rows, seed=day)
+    importance = {name: _importance(score, explored(side), cfg.importance_rows, day)
                   for name, side in (("reference", reference), ("current", current))}
-    drifted = importance_drift(importance["reference"], importance["current"], rules, day=day)
+    drifted = [] if None in importance.values() else \
+        importance_drift(importance["reference"], importance["current"], rules, day=day)
     alerts = [a for report in (inputs, quality) for a in report.alerts] + drifted
     folder = loop.day_dir(day)
     write_json_atomic(folder / "monitor.json", {"inputs": inputs.to_dict(), "quality": quality.to_dict(),
                                                 "importance": importance})
     loop.state["days"][str(day)] = {"production": production}
     overall = quality.slice("all").tasks.get("ctr")
+    unmeasured = [name for name, values in importance.items() if values is None]
     return {"level": max((a.level for a in alerts), key=("OK", "P2", "P1").index, default="OK"),
             "alerts": [json.loads(json.dumps(_alert(a), default=str)) for a in alerts],
             "suppressed": len(inputs.suppressed) + len(quality.suppressed),
             "calibration_all": None if overall is None else overall.calibration,
             "explored_rows": int(explored(current).num_rows),
-            "importance_top": sorted(importance["current"].items(), key=lambda kv: -kv[1])[:5]}
+            "importance_top": sorted((importance["current"] or {}).items(), key=lambda kv: -kv[1])[:5],
+            "notes": [f"permutation importance not measured on the {name} day: its exploration impressions hold "
+                      "no click or no non-click" for name in unmeasured]}
+
+
+def _importance(score, table: pa.Table, rows: int, seed: int) -> dict | None:
+    """Production's permutation importance on a day's exploration impressions; None when they
+    hold only one label (a small day), where AUC, and so importance, is undefined."""
+    labels = table["label_click"].to_numpy(zero_copy_only=False)
+    if labels.size == 0 or labels.min() == labels.max():
+        return None
+    return permutation_importance(score, table, "label_click", FEATURES, rows=rows, seed=seed)
 
 
 def _alert(alert) -> dict:
